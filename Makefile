@@ -1,0 +1,37 @@
+# The two commands a newcomer needs (see README):
+#   make demo   runs the main job on the embedded default (no internet, no keys)
+#   make test   checks the package is in sync with the notebooks, runs the notebooks' tests and pytest
+# Each one alone sets up .venv; the install is skipped while pyproject.toml is unchanged.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+
+.PHONY: demo test venv export-check nbtest pytest clean-venv
+
+venv:
+	@bash scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
+
+demo: venv
+	$(BIN)/geoloc areas --city synthetic --out data/areas/synthetic
+	@if [ -d "$(SHARED)/data/bcn" ]; then \
+	  echo "Barcelona boundaries found in $(SHARED)/data/bcn: seeding the offline cache"; \
+	  $(BIN)/geoloc cache-seed --city barcelona --src "$(SHARED)/data/bcn" && \
+	  $(BIN)/geoloc areas --city barcelona --out data/areas/barcelona && \
+	  $(BIN)/geoloc areas --city barcelona --level gran-barri --out data/areas/barcelona-gran-barri; \
+	else echo "No Barcelona boundaries at hand ($(SHARED)/data/bcn): synthetic city only"; fi
+
+export-check: venv
+	@bash scripts/check-export.sh "$(BIN)"
+
+nbtest: venv
+	$(BIN)/nbdev-test --n-workers 2 --timing
+
+pytest: venv
+	$(BIN)/python -m pytest tests/
+
+test: export-check nbtest pytest
+
+clean-venv:
+	rm -rf $(VENV)
