@@ -728,6 +728,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'geoloc-emulator/1'
     timeout = 120  # idle keep-alive connections end after this
+    disable_nagle_algorithm = True  # small responses must not wait for the client's delayed ACK (40 ms)
     def log_message(self, *args): pass
     def do_GET(self): self.server.app.handle(self, 'GET')
     def do_POST(self): self.server.app.handle(self, 'POST')
@@ -792,10 +793,11 @@ class _Service:
                     b = resp.body
                     resp.body = b[:max(1, len(b) // 2)] if _u01(F.seed, 'mal', key, attempt) < 0.5 else \
                         b'<!DOCTYPE html><html><body><h1>Bad Gateway</h1></body></html>'
-        if resp.drop: h.close_connection = True
-        else: self._write(h, resp, method)
+        # counted before the client can see the answer, so that stats() right after a response includes it
         emu._record(self.name, endpoint, path, params, 0 if resp.drop else resp.status,
                     (time.perf_counter() - t0) * 1000, 0 if resp.drop else len(resp.body), fault)
+        if resp.drop: h.close_connection = True
+        else: self._write(h, resp, method)
 
     def image_fault(self, resp, key, attempt):
         F = self.emu.faults
@@ -815,8 +817,9 @@ class _Service:
             h.send_header('Content-Type', resp.ctype)
             h.send_header('Content-Length', str(len(resp.body)))
             for k, v in resp.headers.items(): h.send_header(k, str(v))
-            h.end_headers()
-            if method != 'HEAD': h.wfile.write(resp.body)
+            h._headers_buffer.append(b'\r\n')
+            if method != 'HEAD': h._headers_buffer.append(resp.body)  # headers and body in one write
+            h.flush_headers()
         except (BrokenPipeError, ConnectionResetError): h.close_connection = True
 
 
