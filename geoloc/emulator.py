@@ -1099,6 +1099,16 @@ class _Flickr(_Service):
                 raise _FlickrFail(18, 'Illogical arguments')
             with np.errstate(invalid='ignore'):
                 m &= a['geo'] & (a['lon'] >= x0) & (a['lon'] <= x1) & (a['lat'] >= y0) & (a['lat'] <= y1)
+        if params.get('lat') or params.get('lon'):
+            try:
+                la, lo_ = float(params['lat']), float(params['lon'])
+                rad = float(params.get('radius') or 5) * (1.609344 if params.get('radius_units') == 'mi' else 1)
+            except (KeyError, ValueError): raise _FlickrFail(18, 'Illogical arguments') from None
+            if not (-90 <= la <= 90 and -180 <= lo_ <= 180) or rad <= 0: raise _FlickrFail(18, 'Illogical arguments')
+            rad = min(rad, 32.0)  # Flickr's maximum radius, km
+            with np.errstate(invalid='ignore'):
+                dkm = np.hypot((a['lon'] - lo_) * 111.32 * math.cos(math.radians(la)), (a['lat'] - la) * 110.54)
+                m &= a['geo'] & (dkm <= rad)
         if params.get('has_geo') in ('1', 'true'): m &= a['geo']
         elif params.get('has_geo') in ('0', 'false'): m &= ~a['geo']
         lo = {}
@@ -1241,7 +1251,7 @@ class Emulator:
         self._secret = hashlib.sha256(f'geoloc-emulator|{seed}|{os.getpid()}|{time.time_ns()}'.encode()).digest()
         self._lock = threading.Lock()
         self._attempts, self._stats = Counter(), Counter()
-        self.log = deque(maxlen=log_size)
+        self._log = deque(maxlen=log_size)
         self._servers, self._threads, self._proc = [], [], None
         self._hosts = {}
         self.mapillary_url = self.flickr_url = None
@@ -1275,7 +1285,7 @@ class Emulator:
         "Serve from a child Python process fed the pickled world on stdin (no main-module re-import, unlike spawn)."
         kw = dict(faults=asdict(self.faults), mapillary_token=self.mapillary_token, flickr_key=self.flickr_key,
                   thumb_ttl=self.thumb_ttl, max_bbox_area=self.max_bbox_area, seed=self.seed, host=self.host,
-                  mapillary_port=self._ports[0], flickr_port=self._ports[1], log_size=self.log.maxlen)
+                  mapillary_port=self._ports[0], flickr_port=self._ports[1], log_size=self._log.maxlen)
         env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
                                                                           os.environ.get('PYTHONPATH')]))}
         self._proc = subprocess.Popen([sys.executable, '-c', 'from geoloc.emulator import _child_main; _child_main()'],
@@ -1330,7 +1340,7 @@ class Emulator:
             self._stats['bytes'] += nbytes
             self._stats[f'bytes.{service}'] += nbytes
             if fault: self._stats[f'faults.{fault}'] += 1
-            self.log.append({'t': time.time(), 'service': service, 'endpoint': endpoint, 'path': path,
+            self._log.append({'t': time.time(), 'service': service, 'endpoint': endpoint, 'path': path,
                              'params': red, 'status': status, 'ms': round(ms, 3), 'bytes': nbytes, 'fault': fault})
 
     def stats(self) -> dict:
@@ -1338,15 +1348,20 @@ class Emulator:
         if self._proc is not None: return self._admin_get('stats')
         with self._lock: return dict(sorted(self._stats.items()))
 
+    @property
+    def log(self) -> list:
+        "The request log: dicts of t, service, endpoint, path, params (secrets redacted), status (0: dropped), ms, bytes, fault."
+        return self.requests_log()
+
     def requests_log(self) -> list:
         "The request log as a list (from the child process too)."
         if self._proc is not None: return self._admin_get('log')
-        with self._lock: return list(self.log)
+        with self._lock: return list(self._log)
 
     def reset(self):
         "Forget counters, log and attempt numbers (faults then repeat from the first attempt)."
         if self._proc is not None: return self._admin_get('reset')
-        with self._lock: self._stats.clear(); self._attempts.clear(); self.log.clear()
+        with self._lock: self._stats.clear(); self._attempts.clear(); self._log.clear()
 
     def _admin_get(self, what):
         with urllib.request.urlopen(f'{self.mapillary_url}/_emulator/{what}', timeout=30) as r: return json.loads(r.read())
