@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'emulator': ('geoloc.emulator:emulator_cli', "Serve local Mapillary and Flickr API stand-ins over a synthetic world", []),
     'label': ('geoloc.labeling:label_cli', "Label crawl records by district and clean them into a dataset folder", ['records']),
     'split': ('geoloc.labeling:split_cli', "Add a train/valid split (random, sequence, spatial) to a dataset; report leakage", []),
+    'download': ('geoloc.labeling:download_cli', "Download, verify and resize a dataset's images (resumable; failures kept with reasons)", []),
 }
 
 
