@@ -139,10 +139,11 @@ class World:
 
     def image_size(self, source: str, image_id, size=1024) -> tuple[int, int]:
         "(width, height) in px of `image_id` rendered at `size` (longest side in px, or 'original')."
-        df = self.mapillary if source == 'mapillary' else self.flickr
         r = self.row(source, image_id)
-        W, H = (int(df['width'].iat[r]), int(df['height'].iat[r])) if source == 'mapillary' else \
-               (int(df['o_width'].iat[r]), int(df['o_height'].iat[r]))
+        if source == 'mapillary':
+            m = self._mly_arrays()
+            W, H = int(m['width'][r]), int(m['height'][r])
+        else: W, H = int(self.flickr['o_width'].iat[r]), int(self.flickr['o_height'].iat[r])
         if size == 'original' or size is None: return W, H
         size = int(size)
         if max(W, H) <= size: return W, H
@@ -160,11 +161,16 @@ class World:
                 return self._cache[key]
         w, h = self.image_size(source, image_id, size)
         arr = self._mapillary_pixels(image_id, w / h) if source == 'mapillary' else self._flickr_pixels(image_id, w / h)
-        im = Image.fromarray(arr)
-        im = im.resize((w, h), Image.NEAREST if w >= im.width else Image.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, 'JPEG', quality=self.quality, subsampling=2)
-        data = buf.getvalue()
+        bh, bw = arr.shape[:2]
+        f = w // bw
+        if f % 8 == 0 and f * bw == w and f * bh == h and bh % 2 == 0 and bw % 2 == 0:
+            data = _jpeg_blocks(arr if f == 8 else arr.repeat(f // 8, 0).repeat(f // 8, 1))  # fast path
+        else:
+            im = Image.fromarray(arr)
+            im = im.resize((w, h), Image.NEAREST if w >= im.width else Image.BILINEAR)
+            buf = io.BytesIO()
+            im.save(buf, 'JPEG', quality=self.quality, subsampling=2)
+            data = buf.getvalue()
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > self.cache_size: self._cache.popitem(last=False)
@@ -190,9 +196,9 @@ class World:
 
     def _mapillary_pixels(self, image_id, aspect) -> np.ndarray:
         r = self.row('mapillary', image_id)
-        df = self.mapillary
-        seq, frame = df['sequence'].iat[r], int(df['frame'].iat[r])
-        d = self._district_index(df['district'].iat[r])
+        m = self._mly_arrays()
+        seq, frame = m['sequence'][r], int(m['frame'][r])
+        d = self._district_index(m['district'][r])
         srng = np.random.default_rng(_h64(self.seed, 'seq', seq))
         n = len(self.areas)
         if d < 0: d = int(srng.integers(n))  # outside the city: borrowed looks, no class of its own
@@ -229,7 +235,8 @@ class World:
                          is_pano=df['is_pano'].to_numpy(bool), camera_type=df['camera_type'].to_numpy(object),
                          width=df['width'].to_numpy(np.int64), height=df['height'].to_numpy(np.int64),
                          creator=df['creator'].to_numpy(object), creator_id=df['creator_id'].to_numpy(object),
-                         gps_lon=df['gps_lon'].to_numpy(float), gps_lat=df['gps_lat'].to_numpy(float))
+                         gps_lon=df['gps_lon'].to_numpy(float), gps_lat=df['gps_lat'].to_numpy(float),
+                         frame=df['frame'].to_numpy(np.int64), district=df['district'].to_numpy(object))
         return self._mly
 
     def mapillary_in(self, bbox) -> np.ndarray:
@@ -294,21 +301,19 @@ def _street_frame(style, srng, frame, aspect, frame_hash) -> np.ndarray:
     widths = srng.integers(style['bwidth'][0], style['bwidth'][1] + 1, nb)
     edges = np.cumsum(widths); starts = edges - widths
     heights = srng.uniform(*style['height'], nb) * H
-    colors = style['palette'][srng.integers(0, 3, nb)] * srng.uniform(0.8, 1.15, (nb, 1))
+    colors = (style['palette'][srng.integers(0, 3, nb)] * srng.uniform(0.8, 1.15, (nb, 1))).astype(np.float32)
     win_on = srng.uniform(size=nb) < 0.85
     tree_at = srng.uniform(size=nb) < style['trees']
     speed = srng.uniform(1.0, 3.0)
     light = srng.uniform(0.75, 1.15)
-    fr = np.random.default_rng(frame_hash)
     x = (int(frame * speed) + np.arange(W)) % int(edges[-1])
     b = np.searchsorted(edges, x, side='right')
     ground = int(H * style['ground'])
     yy = np.arange(H)[:, None]
-    sky = style['sky'][None, :] * (0.85 + 0.3 * np.arange(H)[:, None] / H)
-    img = np.broadcast_to(sky[:, None, :], (H, W, 3)).copy()
+    sky = (style['sky'][None, :] * (0.85 + 0.3 * np.arange(H)[:, None] / H)).astype(np.float32)
     top = (ground - heights[b])[None, :]
     bld = (yy >= top) & (yy < ground)
-    img = np.where(bld[..., None], colors[b][None, :, :], img)
+    img = np.where(bld[..., None], colors[b][None, :, :], sky[:, None, :])
     px, py = style['wper']
     lx = x - starts[b]
     wx = (lx % px) < max(1, round(px * style['wfill']))
@@ -323,9 +328,9 @@ def _street_frame(style, srng, frame, aspect, frame_hash) -> np.ndarray:
         img[ground:ground + 2] = style['road'] * 1.4
     trees = tree_at[b] & ((lx % 20) < 9)
     tmask = trees[None, :] & (yy >= ground - H * 0.3) & (yy < ground - 2)
-    img[tmask] = img[tmask] * 0.3 + np.array([40, 110, 45]) * 0.7
-    img = img * light * fr.uniform(0.97, 1.03)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img[tmask] = img[tmask] * 0.3 + np.array([28, 77, 31.5], np.float32)  # foliage, 70% opaque
+    img *= np.float32(light * (0.97 + 0.06 * (frame_hash % 10_007) / 10_007))  # a little flicker per frame
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def _flickr_photo(style, prng, srng, aspect, indoor=False) -> np.ndarray:
@@ -357,6 +362,70 @@ def _flickr_photo(style, prng, srng, aspect, indoor=False) -> np.ndarray:
     vig = 1 - 0.45 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2) * prng.uniform(0.5, 2)
     img = img * vig[..., None] * prng.uniform(0.7, 1.2)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ fast JPEG
+# Street frames are rendered at 1/8 (or 1/16) of a thumbnail's size and scaled up by whole blocks, so every 8x8 block
+# of the JPEG is flat: only its DC coefficient is non-zero. Writing such a baseline JPEG directly (numpy Huffman
+# coding of the DC differences, an EOB per block) costs a fraction of PIL's resize + encode of the full-size image.
+def _canonical_codes(bits):
+    "Canonical Huffman codes and lengths of symbols 0..n-1 from the JPEG `bits` counts (lengths 1-16)."
+    codes, lens, code = [], [], 0
+    for L, n in enumerate(bits, 1):
+        for _ in range(n): codes.append(code); lens.append(L); code += 1
+        code <<= 1
+    return codes, lens
+
+_DC_BITS = ([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0], [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0])  # Annex K
+_DC_CODE = np.array([_canonical_codes(b)[0] for b in _DC_BITS], np.int64)  # [luma/chroma, category]
+_DC_LEN = np.array([_canonical_codes(b)[1] for b in _DC_BITS], np.int64)
+_BITLEN = np.array([int(v).bit_length() for v in range(256)], np.int64)
+_CHROMA = np.array([0, 0, 0, 0, 1, 1])  # component of each block of a 4:2:0 MCU: Y Y Y Y Cb Cr
+
+def _segment(marker, payload): return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, 'big') + payload
+
+def _jpeg_header(w, h) -> bytes:
+    q = bytes([8] + [16] * 63)  # DC step 8: a flat block's DC is exactly its level - 128
+    one_eob = bytes([1] + [0] * 15) + b'\x00'  # AC tables hold one symbol, EOB, coded '0'
+    dht = (b'\x00' + bytes(_DC_BITS[0]) + bytes(range(12)) + b'\x10' + one_eob
+           + b'\x01' + bytes(_DC_BITS[1]) + bytes(range(12)) + b'\x11' + one_eob)
+    return (b'\xff\xd8' + _segment(0xE0, b'JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00')
+            + _segment(0xDB, b'\x00' + q + b'\x01' + q)
+            + _segment(0xC0, bytes([8]) + h.to_bytes(2, 'big') + w.to_bytes(2, 'big')
+                       + bytes([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]))
+            + _segment(0xC4, dht) + _segment(0xDA, bytes([3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0])))
+
+def _jpeg_blocks(base: np.ndarray) -> bytes:
+    "Baseline 4:2:0 JPEG of `base` (H, W, 3 uint8; H, W even) scaled up 8x, each pixel a flat 8x8 block."
+    H, W, _ = base.shape
+    x = base.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    Y = 0.299 * r + 0.587 * g + 0.114 * b - 128
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+    def quarter(c): return (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]).ravel() * 0.25
+    mh, mw = H // 2, W // 2
+    y4 = Y.reshape(mh, 2, mw, 2).transpose(0, 2, 1, 3).reshape(-1, 4)
+    dy = np.diff(np.rint(y4.ravel()).astype(np.int64), prepend=0).reshape(-1, 4)  # DC predicted from the previous
+    dcb = np.diff(np.rint(quarter(cb)).astype(np.int64), prepend=0)                # block of the same component
+    dcr = np.diff(np.rint(quarter(cr)).astype(np.int64), prepend=0)
+    d = np.concatenate([dy, dcb[:, None], dcr[:, None]], 1).ravel()
+    cat = _BITLEN[np.abs(d)]
+    comp = np.tile(_CHROMA, mh * mw)
+    val = (((_DC_CODE[comp, cat] << cat) | ((d - (d < 0)) & ((1 << cat) - 1))) << 1)  # code, extra bits, EOB '0'
+    ln = _DC_LEN[comp, cat] + cat + 1
+    off = np.cumsum(ln) - ln
+    total = int(off[-1] + ln[-1]); nbytes = (total + 7) // 8
+    pos = off >> 3
+    win = val << (24 - ln - (off & 7))  # each code inside a 3-byte window starting at byte `pos`
+    data = np.zeros(nbytes + 2)
+    for k in range(3):  # codes never share bits, so adding bytes is OR-ing them
+        data += np.bincount(pos + k, weights=(win >> (16 - 8 * k)) & 0xFF, minlength=nbytes + 2)
+    data = data[:nbytes].astype(np.uint8)
+    if nbytes * 8 > total: data[-1] |= (1 << (nbytes * 8 - total)) - 1  # pad with 1-bits
+    ff = np.flatnonzero(data == 0xFF)
+    if len(ff): data = np.insert(data, ff + 1, 0)  # byte stuffing
+    return _jpeg_header(W * 8, H * 8) + data.tobytes() + b'\xff\xd9'
 
 
 # ------------------------------------------------------------------------------------------------ generation
