@@ -17,6 +17,7 @@ __all__ = ['COMMANDS', 'main']
 COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'areas': ('geoloc.geojson:areas_cli', "Load a city's areas (districts, neighbourhoods): summary table + map PNG", []),
     'cache-seed': ('geoloc.geojson:cache_seed_cli', "Put boundary files you already have into the offline cache", []),
+    'mapillary': ('geoloc.mapillary:mapillary_cli', "Crawl every Mapillary image of a city (recursive bbox search; resumable)", []),
     'flickr': ('geoloc.flickr:flickr_cli', "Crawl a city's geotagged Flickr photos (every one, or the paper's keyword searches)", []),
     'emulator': ('geoloc.emulator:emulator_cli', "Serve local Mapillary and Flickr API stand-ins over a synthetic world", []),
     'label': ('geoloc.labeling:label_cli', "Label crawl records by district and clean them into a dataset folder", ['records']),
