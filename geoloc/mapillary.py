@@ -33,7 +33,7 @@ __all__ = ['GRAPH_URL', 'FIELDS', 'COLUMNS', 'TINY', 'as_area', 'box_area', 'cli
            'split_box', 'probe_box', 'search_params', 'parse_images', 'images_frame', 'BoxCrawl', 'save_records',
            'crawl_images', 'crawl_boxes', 'plot_boxes', 'quadtree_requests', 'mapillary_cli']
 
-# %% ../nbs/02_mapillary_recursive.ipynb #d6f03e45
+# %% ../nbs/02_mapillary_recursive.ipynb #06969da4
 def as_area(area, # a shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame/GeoSeries of areas (any CRS)
            ) -> Polygon | MultiPolygon: # one valid (Multi)Polygon, lon/lat degrees (EPSG:4326)
     "The crawl area as one (Multi)Polygon in EPSG:4326."
@@ -52,8 +52,9 @@ def as_area(area, # a shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame/Geo
         polys = [p for p in shapely.get_parts(g) if isinstance(p, (Polygon, MultiPolygon))]
         g = shapely.union_all(polys) if polys else Polygon()
     if not isinstance(g, (Polygon, MultiPolygon)) or g.is_empty or g.area == 0:
-        raise ValueError(f"the area has no polygon (got {g.geom_type}). Fix: pass the districts or the city "
-                         "boundary, not points or lines.")
+        got = f'an empty {g.geom_type}' if g.is_empty else f'a {g.geom_type}'
+        raise ValueError(f"the area has no polygon (got {got}). Fix: pass the districts or the city boundary, "
+                         "not points or lines.")
     x0, y0, x1, y1 = g.bounds
     if not (-180 <= x0 and x1 <= 180 and -90 <= y0 and y1 <= 90):
         raise ValueError(f"the area's bounds {tuple(round(v) for v in g.bounds)} are not lon/lat degrees. "
@@ -410,7 +411,7 @@ def _summarise(journal:Journal, df, client, run, seconds, limit) -> dict:
             'saturated': [e['key'] for e in journal.entries.values() if e['meta'].get('saturated')],
             'seconds': round(seconds, 2)}
 
-# %% ../nbs/02_mapillary_recursive.ipynb #a2f3283e
+# %% ../nbs/02_mapillary_recursive.ipynb #c58610dd
 def crawl_images(area, # shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame of areas (their union)
                  token:str, # Mapillary access token (MLY|...): sent in a header, never stored or shown
                  *,
@@ -432,9 +433,12 @@ def crawl_images(area, # shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame 
     if not token or not str(token).strip():
         raise ValueError('no Mapillary token. Fix: pass token=... or set the environment variable named by '
                          '--token-env (e.g. MAPILLARY_TOKEN); get one at https://www.mapillary.com/dashboard/developers.')
+    token = str(token).strip()  # a token read from a file or an env var often ends with a newline
     if limit < 1 or max_bbox_area <= 0: raise ValueError(f'limit ({limit}) and max_bbox_area ({max_bbox_area}) must be > 0.')
     fields = tuple(dict.fromkeys(list(_NEEDED) + list(fields if fields is not None else FIELDS)))
     window = (_ms(start), _ms(end)) if start is not None or end is not None else None
+    if window and None not in window and window[0] > window[1]:
+        raise ValueError(f'start ({start}) is after end ({end}). Fix: swap them.')
     settings = _settings(area, fields, limit, max_bbox_area, window)
     tmpdir = None
     if out is None: folder = Path(tmpdir := tempfile.mkdtemp(prefix='geoloc-mapillary-'))

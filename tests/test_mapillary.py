@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import shapely
 
-from geoloc.crawlio import TokenRejected
+from geoloc.crawlio import ApiError, TokenRejected
 from geoloc.emulator import MAPILLARY_TOKEN, Emulator, Faults, World, synthetic_world
 from geoloc.geojson import synthetic_city
 from geoloc.mapillary import (COLUMNS, as_area, clip_box, cover_boxes, crawl_boxes, crawl_images, images_frame,
@@ -270,6 +270,19 @@ def test_token_rejected_stops_at_once(city, tmp_path):
         assert emu.stats()['requests'] <= len(cover_boxes(as_area(areas)))  # one answer per start box at most
     assert bad not in str(e.value) and bad not in repr(e.value)
     assert not any(bad.encode() in p.read_bytes() for p in tmp_path.rglob('*') if p.is_file())
+
+
+def test_user_errors_are_explained(city, tmp_path):
+    _, areas, world = city
+    with Emulator(world) as emu:
+        with pytest.raises(ApiError, match='nonexisting field'):
+            crawl_images(areas, MAPILLARY_TOKEN, base_url=emu.mapillary_url, fields=['id', 'colour'], progress=False)
+    with pytest.raises(ValueError, match='no Mapillary token'):
+        crawl_images(areas, '  ', base_url='http://127.0.0.1:9', progress=False)
+    with pytest.raises(ValueError, match='is after end'):
+        crawl_images(areas, MAPILLARY_TOKEN, base_url='http://127.0.0.1:9', start='2024-01-02', end='2024-01-01')
+    with pytest.raises(ValueError, match='has no polygon'):
+        crawl_images(shapely.Point(1.2, 39.9).buffer(0), MAPILLARY_TOKEN, base_url='http://127.0.0.1:9')
 
 
 def test_the_token_never_leaks(clean, city, tmp_path, caplog, capfd):
