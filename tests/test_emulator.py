@@ -464,6 +464,20 @@ def test_flickr_extras_and_static(emu, world):
     assert requests.get(p['url_m'].replace('.jpg', '_q.jpg')).status_code == 404
 
 
+def test_flickr_get_sizes_and_echo(emu, world):
+    fid = world.flickr['id'].iat[3]
+    p = dict(api_key=FLICKR_KEY, format='json', nojsoncallback=1)
+    sizes = requests.get(emu.flickr_url, params={**p, 'method': 'flickr.photos.getSizes', 'photo_id': fid}).json()
+    assert sizes['stat'] == 'ok'
+    for sz in sizes['sizes']['size']:
+        im = Image.open(io.BytesIO(requests.get(sz['source']).content))
+        assert im.size == (sz['width'], sz['height']), sz['label']
+    missing = requests.get(emu.flickr_url, params={**p, 'method': 'flickr.photos.getSizes', 'photo_id': '1'}).json()
+    assert missing['stat'] == 'fail' and missing['code'] == 1
+    echo = requests.get(emu.flickr_url, params={**p, 'method': 'flickr.test.echo', 'foo': 'bar'}).json()
+    assert echo['stat'] == 'ok' and echo['foo'] == {'_content': 'bar'} and 'api_key' not in echo
+
+
 def test_flickr_numbers_sometimes_strings(emu):
     kinds = set()
     for i in range(12):
