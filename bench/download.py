@@ -39,6 +39,16 @@ def records(world, emu, n_mly, n_flickr, batch=200):
     return pd.concat([pd.DataFrame(rows), fl], ignore_index=True)
 
 
+def _cpu_s(pid=None) -> float:
+    "CPU seconds (user + system) used so far by process `pid` (default: this one), from /proc."
+    if pid is None:
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    f = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--images', type=int, default=10_000)
@@ -56,9 +66,11 @@ def main():
             print(f'{len(ds):,} images ({(ds.source == "mapillary").sum():,} Mapillary 1024 px, '
                   f'{(ds.source == "flickr").sum():,} Flickr 640 px), {a.latency * 1000:.0f} ms latency, '
                   f'{a.workers} workers, resize to {a.size} px; {platform.machine()}, {os.cpu_count()} CPUs')
-            t = time.perf_counter()
+            server = emu._proc.pid  # the emulator's child process, to measure its CPU time
+            c0, s0, t = _cpu_s(), _cpu_s(server), time.perf_counter()
             out = download_images(ds, tmp, size=a.size, workers=a.workers, progress=False)
             dt = time.perf_counter() - t
+            c1, s1 = _cpu_s(), _cpu_s(server)
             s = out.attrs['download']
             stats = emu.stats()
             t2 = time.perf_counter()
@@ -68,6 +80,11 @@ def main():
         mb = stats.get('bytes', 0) / 1e6
         print(f"download: {s['downloaded']:,} images in {dt:.1f} s = {rate:,.0f} images/s "
               f"({mb:,.0f} MB received, {s['failed']} failed, {stats.get('requests', 0):,} requests)")
+        n = max(s['downloaded'], 1)
+        client, srv = (c1 - c0) / n * 1000, (s1 - s0) / n * 1000
+        print(f'CPU per image: downloader {client:.2f} ms, emulator {srv:.2f} ms; with {os.cpu_count()} CPUs all to '
+              f'ourselves the ceiling would be {os.cpu_count() * 1000 / (client + srv):,.0f} images/s '
+              f'(load average now {os.getloadavg()[0]:.1f})')
         print(f"resume:   {again.attrs['download']['present']:,} images already present, "
               f"{again.attrs['download']['downloaded']} fetched, in {dt2:.2f} s")
         disk = sum(f.stat().st_size for f in (tmp / 'images').rglob('*.jpg')) / 1e6

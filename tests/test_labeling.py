@@ -15,6 +15,7 @@ import urllib3
 from PIL import Image
 from shapely.geometry import Point, shape
 
+from geoloc.cli import main
 from geoloc.emulator import MAPILLARY_TOKEN, Emulator, Faults, synthetic_world
 from geoloc.geojson import load_areas, synthetic_city
 from geoloc.labeling import (LabelingError, build_dataset, district_counts, download_images, kfold, label_points,
@@ -120,7 +121,7 @@ def test_grouped_splits_and_folds_never_cut_a_group(bcn):
     assert c.images.sum() == len(ds) and (c.train + c.valid == c.images).all()
 
 
-def test_label_and_split_cli(tmp_path, bcn):
+def test_label_and_split_cli(tmp_path, bcn, capsys):
     "GeoParquet and CSV records in, a dataset folder out; reruns give the same bytes; user errors are one line."
     areas = load_areas(bcn / 'districtes.geojson')
     recs = crawl(areas)
@@ -147,11 +148,15 @@ def test_label_and_split_cli(tmp_path, bcn):
     assert r.returncode == 0, r.stderr
     assert 'as given' in r.stdout
     assert set(load_dataset(out).split) == {'train', 'valid'}
+    split_once = (out / 'dataset.parquet').read_bytes()
+    assert geoloc('split', '--dataset', out, '--how', 'spatial', '--block-m', 300).returncode == 0
+    assert (out / 'dataset.parquet').read_bytes() == split_once
 
-    r = geoloc('split', '--dataset', out, '--how', 'diagonal')
-    assert r.returncode == 1 and 'one of' in r.stderr and 'Traceback' not in r.stderr
-    r = geoloc('split', '--dataset', tmp_path / 'nowhere')
-    assert r.returncode == 1 and 'geoloc label' in r.stderr
+    # user errors: one line on stderr, exit status 1 (in-process: the same dispatcher, without a second start-up)
+    assert main(['split', '--dataset', str(out), '--how', 'diagonal']) == 1
+    assert main(['split', '--dataset', str(tmp_path / 'nowhere')]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and 'one of' in err[0] and 'geoloc label' in err[1]
 
 
 # ------------------------------------------------------------------------------------------------ downloads
