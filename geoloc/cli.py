@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'split': ('geoloc.labeling:split_cli', "Add a train/valid split (random, sequence, spatial) to a dataset; report leakage", []),
     'download': ('geoloc.labeling:download_cli', "Download, verify and resize a dataset's images (resumable; failures kept with reasons)", []),
     'train': ('geoloc.train:train_cli', "Train a FocalNet district classifier on a dataset folder (paper or fast recipe)", []),
+    'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
 }
 
 
