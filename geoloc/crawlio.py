@@ -60,7 +60,7 @@ def redact(text, secrets=(), params=('access_token', 'api_key', 'token', 'key', 
     if params:
         names = '|'.join(re.escape(p) for p in params)
         text = re.sub(rf'(?i)((?:^|[?&;\s"\']){{1}}(?:{names})=)[^&\s"\'#]*', r'\1***', text)
-        text = re.sub(r'(?i)(OAuth\s+)[^\s"\',]+', r'\1***', text)
+        text = re.sub(r'(?i)(OAuth\s+)(?=[^\s"\',]*[0-9|])[^\s"\',]{12,}', r'\1***', text)  # token-like words only
     return text
 
 
@@ -100,6 +100,7 @@ class ApiClient:
                  max_backoff: float = 30,            # cap of one delay, seconds (Retry-After is honoured up to 300 s)
                  calls_per_hour: float | None = None,  # client-side rate limit shared by all threads
                  pool: int = 32,                     # connections kept per host
+                 giveup=None,                        # giveup(status, error_json) -> True: a 5xx that retrying won't fix
                  sleep=time.sleep):
         self.base_url = base_url.rstrip('/')
         self.headers, self.params = dict(headers or {}), dict(params or {})
@@ -108,7 +109,7 @@ class ApiClient:
         self._secrets += [v.split(None, 1)[-1] for k, v in self.headers.items() if k.lower() == 'authorization' and v]
         self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
         self.limiter = RateLimiter(calls_per_hour) if calls_per_hour else None
-        self.pool, self.sleep = pool, sleep
+        self.pool, self.sleep, self.giveup = pool, sleep, giveup
         self._local = threading.local()
         self._lock = threading.Lock()
         self.stats = Counter()
@@ -164,6 +165,8 @@ class ApiClient:
                 last = f'{type(e).__name__} (connection dropped or timed out)'
                 self.sleep(self._delay(attempt)); continue
             self._count(f'status:{r.status_code}')
+            if r.status_code >= 500 and self.giveup is not None and self.giveup(r.status_code, _error_json(body)):
+                raise self._error(r, body, path, q)
             if r.status_code == 429 or r.status_code >= 500:
                 retry_after = r.headers.get('Retry-After')
                 last = f'HTTP {r.status_code}'
@@ -186,16 +189,19 @@ class ApiClient:
 
     def _error(self, r, body, path, params) -> ApiError:
         "An `ApiError` (or `TokenRejected`) from a 4xx answer, using the Graph error shape when present."
-        code, msg = None, f'HTTP {r.status_code}'
-        try:
-            err = json.loads(body).get('error') or {}
-            if isinstance(err, dict):
-                code, msg = err.get('code'), err.get('message') or msg
-        except (ValueError, AttributeError): pass
+        err = _error_json(body) or {}
+        code, msg = err.get('code'), err.get('message') or f'HTTP {r.status_code}'
         msg = self.redact(msg)
         cls = TokenRejected if r.status_code == 401 or code == 190 else ApiError
         if cls is TokenRejected: msg = f'token rejected: {msg}. Fix: check the token (it is not shown here)'
         return cls(msg, status=r.status_code, code=code, url=self.url(path, params))
+
+
+def _error_json(body) -> dict | None:
+    "The Graph-style `error` object of an answer body, if it has one."
+    try: err = json.loads(body).get('error')
+    except (ValueError, AttributeError): return None
+    return err if isinstance(err, dict) else None
 
 
 class Journal:

@@ -240,7 +240,7 @@ def images_frame(records, # records from `parse_images` (a list or a DataFrame)
     df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
     return df.sort_values(['sequence', 'captured_at', 'id'], na_position='last', kind='stable').reset_index(drop=True)
 
-# %% ../nbs/02_mapillary_recursive.ipynb #d60e4bda
+# %% ../nbs/02_mapillary_recursive.ipynb #4016e464
 TINY = 2e-7  # degrees (~2 cm): a box this small is split by capture time, not by space
 
 def _key(bbox, window) -> str:
@@ -260,6 +260,11 @@ def _oversized(e:ApiError) -> bool:
     "Whether an error says that the bbox is too large."
     m = (e.message or '').lower()
     return e.status == 400 and 'bbox' in m and any(w in m for w in ('area', 'large', 'big', 'limit', 'exceed'))
+
+def _dense(status:int, err:dict|None) -> bool:
+    "Whether a 5xx answer is the Graph API's time-out on a dense box (code 1, 'reduce the amount of data'): not retried, split."
+    err = err or {}
+    return status == 500 and err.get('code') == 1 and 'reduce the amount of data' in str(err.get('message', '')).lower()
 
 def _time_split(window, t:np.ndarray):
     "Two windows that split `window` at the sample's median capture time (None when all times are equal)."
@@ -290,7 +295,7 @@ def _isolate(bbox, px, py, area):
     rest = [p for p in parts if p[2] > p[0] and p[3] > p[1]]
     return (a, b, c, d), [q for q in (clip_box(p, area) for p in rest) if q is not None]
 
-# %% ../nbs/02_mapillary_recursive.ipynb #f8f5d23f
+# %% ../nbs/02_mapillary_recursive.ipynb #c7fb006c
 class BoxCrawl:
     "One crawl's settings and the work of one task (`visit`: one box searched), run by `crawlio.run_tasks` in threads."
     def __init__(self, client:ApiClient, area, *, fields, limit:int, fill:float=0.85, probe_depth:int=3):
@@ -326,7 +331,8 @@ class BoxCrawl:
         boxes = []
         try: data = self.search(bbox, window)
         except ApiError as e:
-            if not isinstance(e, TokenRejected) and _oversized(e) and box_area(bbox) > TINY ** 2:
+            if not isinstance(e, TokenRejected) and (_oversized(e) or _dense(e.status, {'code': e.code, 'message': e.message})) \
+               and box_area(bbox) > TINY ** 2:
                 x0, y0, x1, y1 = bbox; mx, my = (x0 + x1) / 2, (y0 + y1) / 2
                 quarters = [self.clip(q) for q in ((x0, y0, mx, my), (mx, y0, x1, my), (x0, my, mx, y1), (mx, my, x1, y1))]
                 kids = [_task(q, depth + 1, window, None if est is None else est / 4) for q in quarters if q is not None]
@@ -411,7 +417,7 @@ def _summarise(journal:Journal, df, client, run, seconds, limit) -> dict:
             'saturated': [e['key'] for e in journal.entries.values() if e['meta'].get('saturated')],
             'seconds': round(seconds, 2)}
 
-# %% ../nbs/02_mapillary_recursive.ipynb #c58610dd
+# %% ../nbs/02_mapillary_recursive.ipynb #8dd2c041
 def crawl_images(area, # shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame of areas (their union)
                  token:str, # Mapillary access token (MLY|...): sent in a header, never stored or shown
                  *,
@@ -451,7 +457,8 @@ def crawl_images(area, # shapely (Multi)Polygon in EPSG:4326, or a GeoDataFrame 
             raise ValueError(f'{folder} holds another crawl (different area, fields, limit, box limit or time window). '
                              'Fix: use another --out folder, or delete this one to start over.')
     else: _write_atomic(manifest, json.dumps({'settings': settings, 'base_url': base_url}, indent=1).encode())
-    client = ApiClient(base_url, headers={'Authorization': f'OAuth {token}'}, timeout=timeout, max_retries=max_retries)
+    client = ApiClient(base_url, headers={'Authorization': f'OAuth {token}'}, timeout=timeout, max_retries=max_retries,
+                       giveup=_dense)
     crawl = BoxCrawl(client, area, fields=fields, limit=limit)
     roots = [_task(b, 0, window) for b in cover_boxes(area, max_bbox_area)]
     journal = Journal(folder)

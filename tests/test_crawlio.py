@@ -122,6 +122,7 @@ def test_redact():
     r = redact(u)
     assert TOKEN not in r and 'abc123' not in r and 'bbox=1,2,3,4' in r
     assert redact(f'Authorization: OAuth {TOKEN}') == 'Authorization: OAuth ***'
+    assert redact('Invalid OAuth access token signature') == 'Invalid OAuth access token signature'
     assert redact(f'the key {TOKEN} leaked', [TOKEN]) == 'the key *** leaked'
 
 
@@ -206,3 +207,13 @@ def test_sigkill_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert replayed >= 125 and replayed + fetched_last == 300 and unique == 301
     j = Journal(out)
     assert len(j) == 300 and j.records().id.nunique() == 301
+
+
+def test_giveup_hook_stops_retrying_a_5xx_that_will_not_heal(server):
+    body = json.dumps({'error': {'message': "Please reduce the amount of data you're asking for", 'code': 1}})
+    server.script['/images'] = [('err', 500, body)] * 3 + [('err', 503, 'busy'), ('ok',)]
+    dense = lambda status, err: status == 500 and (err or {}).get('code') == 1
+    with pytest.raises(ApiError) as e: client(server, giveup=dense).get_json('images')
+    assert e.value.status == 500 and e.value.code == 1 and 'reduce the amount' in e.value.message
+    server.script['/images'] = [('err', 503, 'busy'), ('ok',)]
+    assert client(server, giveup=dense).get_json('images')  # other 5xx are still retried

@@ -322,3 +322,13 @@ def test_cli(clean, city, tmp_path):
     assert 'Traceback' not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     with pytest.raises(ValueError, match='NOT_SET_ANYWHERE is not set'):
         mapillary_cli(city=str(path), token_env='NOT_SET_ANYWHERE', out=str(tmp_path / 'unset'))
+
+
+def test_dense_box_timeouts_are_split_not_retried(city, truth, tmp_path):
+    "Boxes matching more than `dense_above` images time out (HTTP 500, code 1) every time: they are split at once."
+    _, areas, world = city
+    with Emulator(world, faults=Faults(dense_above=3 * LIMIT)) as emu:
+        df = crawl_images(areas, MAPILLARY_TOKEN, base_url=emu.mapillary_url, out=tmp_path, limit=LIMIT, progress=False)
+        stats = emu.stats()
+    assert set(df['id']) == truth and df['id'].is_unique
+    assert stats.get('status.mapillary.search.500', 0) > 0  # dense boxes were met (and, never healing, split)
