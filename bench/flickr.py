@@ -29,7 +29,7 @@ from geoloc.geojson import city_boundary, load_areas
 
 ROOT = Path(__file__).resolve().parents[1]
 # in-city photos per district before scaling: the two busiest districts far above the paper's counts
-SKEW = {**BCN_FLICKR, 'Ciutat Vella': 9_500, 'Eixample': 7_500, 'Sants-Montjuïc': 2_000, 'Gràcia': 1_400}
+SKEW = {**BCN_FLICKR, 'Ciutat Vella': 9_000, 'Eixample': 9_000, 'Sants-Montjuïc': 1_500, 'Gràcia': 1_000}
 
 
 def bcn_districts() -> Path:
@@ -74,10 +74,11 @@ def main():
             emu.reset()
             df = crawl_photos(areas, FLICKR_KEY, keywords=kw, base_url=emu.flickr_url, out=tmp / name,
                               workers=a.workers, calls_per_hour=None, progress=False)
-            runs[name] = (df, df.attrs['summary'], emu.stats()['requests'])
+            ms = pd.DataFrame(emu.log)['ms'].mean()  # the emulator's own time per answer, latency included
+            runs[name] = (df, df.attrs['summary'], emu.stats()['requests'], ms)
 
-    paper, sp, paper_server = runs['paper']
-    area, sa, area_server = runs['area']
+    paper, sp, paper_server, paper_ms = runs['paper']
+    area, sa, area_server, area_ms = runs['area']
     q = pd.DataFrame(sp['queries']).set_index('query')
     print('\npaper mode (baseline): records per keyword (total = what Flickr says the search matches)')
     print(q.T.to_string())
@@ -94,6 +95,9 @@ def main():
         'most records of one search': (f"{q['records'].max():,} (cap {CAP})", '-'),
         'requests (client / server)': (f"{sp['requests']} / {paper_server}", f"{sa['requests']} / {area_server}"),
         'seconds': (f"{sp['seconds']:.1f}", f"{sa['seconds']:.1f}"),
+        'emulator ms per answer (mean)': (f'{paper_ms:.0f}', f'{area_ms:.0f}'),
+        'seconds if answers took only the latency': (f"{sp['requests'] * a.latency / a.workers:.1f}",
+                                                     f"{sa['requests'] * a.latency / a.workers:.1f}"),
         'records served / unique photo': (f"{sp['served_per_unique']:.3f}", f"{sa['served_per_unique']:.3f}"),
         'at 3600 calls/hour (one key)': (f"{sp['requests'] / 60:.1f} min", f"{sa['requests'] / 60:.1f} min"),
     }
