@@ -207,9 +207,9 @@ def create_model(cfg:TrainConfig, n_classes:int) -> nn.Module:
         raise ValueError(f"Unknown architecture {cfg.arch!r}. Fix: use a timm model name such as focalnet_tiny_srf, "
                          "focalnet_small_srf, focalnet_base_srf, or focalnet_pico_srf for CPU tests.") from None
 
-# %% ../nbs/04_train_focalnet.ipynb #812c6c20
-def _toy_image(k:int, n:int, size:int, rng, wide:bool, noise:float) -> Image.Image:
-    "A district-`k`-of-`n` JPEG-able image: its colour and stripe angle say the district; noise hides it a little."
+# %% ../nbs/04_train_focalnet.ipynb #3ee10074
+def _stripes_image(k:int, n:int, size:int, rng, wide:bool, noise:float) -> Image.Image:
+    "An image of district `k` of `n`: its colour and stripe angle say the district; noise hides it a little."
     import colorsys
     h, w = size, (size * 4 // 3 if wide else size)
     yy, xx = np.mgrid[0:h, 0:w] / size
@@ -222,29 +222,50 @@ def _toy_image(k:int, n:int, size:int, rng, wide:bool, noise:float) -> Image.Ima
 def toy_dataset(dest, # folder to write dataset.parquet, areas.geojson and images/ into
                 *,
                 n_classes:int=10, # districts
-                per_class:int=30, # images per district
+                per_class:int=30, # images per district (fewer where the emulated world has fewer)
                 size:int=96, # short side of the images, px
                 valid_pct:float=0.2, # share of each district in the validation split
-                noise:float=40., # pixel noise (std, 0-255 scale)
+                images:str='emulator', # 'emulator' (geoloc.emulator's street frames) or 'stripes' (an easy world)
+                noise:float=40., # 'stripes': pixel noise (std, 0-255 scale)
                 seed:int=0,
                ) -> Path: # `dest`
     "A small dataset folder in the labeling stage's layout, with district-dependent synthetic JPEGs."
-    dest = Path(dest); (dest/'images'/'toy').mkdir(parents=True, exist_ok=True)
+    if images not in ('emulator', 'stripes'): raise ValueError(f"images must be 'emulator' or 'stripes', not {images!r}.")
+    dest = Path(dest); (dest/'images'/images).mkdir(parents=True, exist_ok=True)
     areas = synthetic_city(n_classes, seed=seed)
     areas.to_file(dest/'areas.geojson', driver='GeoJSON')
-    rng, rows = np.random.default_rng(seed), []
-    pts = areas.geometry.sample_points(per_class, rng=rng).explode(index_parts=False)
-    t0 = pd.Timestamp('2020-01-01', tz='UTC')
-    for k, name in enumerate(areas.name):
-        valid = set(rng.choice(per_class, max(1, round(per_class * valid_pct)), replace=False))
-        for i, pt in enumerate(pts.loc[k]):
-            iid = f'{k:03d}{i:05d}'
-            path = f'images/toy/{iid}.jpg'
-            _toy_image(k, n_classes, size, rng, rng.random() < 0.25, noise).save(dest/path, quality=90)
-            rows.append(dict(id=iid, source='mapillary', lat=pt.y, lon=pt.x, url=f'toy://{iid}',
-                             captured_at=t0 + pd.Timedelta(minutes=len(rows)), sequence=f'seq{k}-{i // 10}',
-                             district=name, split='valid' if i in valid else 'train', path=path, status='ok'))
-    pd.DataFrame(rows).to_parquet(dest/'dataset.parquet', index=False)
+    rng = np.random.default_rng(seed)
+    if images == 'emulator':
+        from geoloc.emulator import synthetic_world
+        world = synthetic_world(areas, mapillary=max(3000, 20 * n_classes * per_class), flickr=0, seed=seed)
+        recs = world.mapillary[world.mapillary.district.notna()].sample(frac=1, random_state=seed)
+        recs = recs.groupby('district', sort=False).head(per_class)
+        recs = recs.set_index('district').loc[[d for d in areas.name if d in set(recs.district)]].reset_index()
+        recs['captured_at'] = pd.to_datetime(recs.captured_at, unit='ms', utc=True)  # the API's ms since epoch
+    else:
+        pts = areas.geometry.sample_points(per_class, rng=rng).explode(index_parts=False)
+        t0 = pd.Timestamp('2020-01-01', tz='UTC')
+        recs = pd.DataFrame([dict(id=f'{k:03d}{i:05d}', lat=pt.y, lon=pt.x, sequence=f'seq{k}-{i // 10}', district=name,
+                                  captured_at=t0 + pd.Timedelta(minutes=k * per_class + i))
+                             for k, name in enumerate(areas.name) for i, pt in enumerate(pts.loc[k])])
+    recs['split'] = 'train'
+    for _, idx in recs.groupby('district', sort=False).groups.items():
+        recs.loc[rng.choice(idx, max(1, round(len(idx) * valid_pct)), replace=False), 'split'] = 'valid'
+    paths = []
+    for r in recs.itertuples():
+        path = f'images/{images}/{r.id}.jpg'
+        if images == 'emulator':
+            w, h = int(r.width), int(r.height)
+            (dest/path).write_bytes(world.render('mapillary', r.id, round(size * max(w, h) / min(w, h))))
+        else:
+            k = list(areas.name).index(r.district)
+            _stripes_image(k, n_classes, size, rng, rng.random() < 0.25, noise).save(dest/path, quality=90)
+        paths.append(path)
+    out = pd.DataFrame({'id': recs.id.astype(str), 'source': 'mapillary', 'lat': recs.lat, 'lon': recs.lon,
+                        'url': 'toy://' + recs.id.astype(str), 'captured_at': recs.captured_at,
+                        'sequence': recs.sequence.astype(str), 'district': recs.district, 'split': recs.split,
+                        'path': paths, 'status': 'ok'})
+    out.to_parquet(dest/'dataset.parquet', index=False)
     return dest
 
 # %% ../nbs/04_train_focalnet.ipynb #c571ea57

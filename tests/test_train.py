@@ -26,8 +26,8 @@ CLI_TINY = ['--preset', 'fast', '--arch', 'focalnet_pico_srf', '--size', '64', '
 
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
-    "8 districts x 30 images (24 train, 6 valid each), 80 px."
-    return toy_dataset(tmp_path_factory.mktemp('toy') / 'ds', n_classes=8, per_class=30, size=80, seed=3)
+    "8 districts x 30 images (24 train, 6 valid each), 80 px, the easy 'stripes' world."
+    return toy_dataset(tmp_path_factory.mktemp('toy') / 'ds', n_classes=8, per_class=30, size=80, images='stripes', seed=3)
 
 
 def _free_port():
