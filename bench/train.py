@@ -78,8 +78,8 @@ def measure(dls, cfg, warmup, steps, epochs_needed):
 
 
 def make_files(folder, n, size):
-    per = max(2, n // 10)
-    return toy_dataset(folder, n_classes=10, per_class=per, size=size, valid_pct=0.05, seed=0)
+    "n emulated street frames (10 districts), short side `size` px, as the download stage stores them."
+    return toy_dataset(folder, n_classes=10, per_class=max(2, n // 10), size=size, valid_pct=0.05, seed=0)
 
 
 class _DecodedLoader(ImageLoader):
@@ -138,7 +138,7 @@ def main():
     t = time.perf_counter()
     ds = folder / 'ds'
     if not (ds / 'dataset.parquet').exists(): make_files(ds, a.images, a.resize)
-    print(f'{a.images} JPEG files, short side {a.resize} px (a quarter 4:3), in {folder} '
+    print(f'{a.images} JPEG files (geoloc.emulator street frames), short side {a.resize} px, in {folder} '
           f'({time.perf_counter() - t:.0f} s to write)')
     res = {}
     cpu, n, kb = cpu_pipeline(ds)
