@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'download': ('geoloc.labeling:download_cli', "Download, verify and resize a dataset's images (resumable; failures kept with reasons)", []),
     'train': ('geoloc.train:train_cli', "Train a FocalNet district classifier on a dataset folder (paper or fast recipe)", []),
     'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
+    'predict': ('geoloc.predict:predict_cli', "Place new photos (files, folders, URLs) in a run's districts: CSV, GeoJSON and an HTML map", ['run', 'images']),
 }
 
 

@@ -3,6 +3,12 @@
 set -euo pipefail
 python=${1:-python3}; venv=${2:-.venv}
 stamp="$venv/.install-stamp"
+# Headless Chromium opens the prediction map in tests/test_predict.py (which skips without it); best effort, quiet.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing chromium (headless browser for the map test)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+    >/dev/null 2>&1 || echo "chromium could not be installed: the map's browser test will be skipped"
+fi
 key=$( { cat pyproject.toml; "$python" --version 2>&1; } | sha256sum | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] \
    && "$venv/bin/python" -c "import geoloc" 2>/dev/null; then

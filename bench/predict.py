@@ -1,0 +1,121 @@
+"""Prediction throughput of geoloc.predict: FocalNet-T at 224 px, photos read from 341x256 JPEG files on disk.
+
+Measured in one run, same process, same model and batch size:
+  1. model only: the Geolocator's model on normalised tensors already on the device (the ceiling);
+  2. end to end: `Geolocator.predict(files)`: files read by threads, JPEGs decoded (nvJPEG on a GPU, PIL with DCT
+     scaling on the CPU), centre crop, model, softmax, top-k, the result table;
+  then end-to-end images/s, its share of the model-only rate, and the issue's target (>= 5,000 images/s on one
+  H200 in bf16). On a CPU the target does not apply: the figure says what a laptop in the field can do.
+The model is untrained (random weights): throughput does not depend on what the weights are.
+
+    python bench/predict.py                          # whatever the machine has (GPU: 20,000 images, bs 256, compiled)
+    python bench/predict.py --device cpu --images 64 --bs 32
+    python bench/predict.py --device cpu --arch focalnet_pico_srf --size 64 --resize 80 --images 256
+                                                     # the code path, tiny (numbers meaningless)
+"""
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from geoloc.emulator import synthetic_world  # noqa: E402
+from geoloc.geojson import synthetic_city  # noqa: E402
+from geoloc.predict import Geolocator  # noqa: E402
+from geoloc.train import TrainConfig, create_model  # noqa: E402
+
+TARGET = 5_000  # images/s on one H200, bf16 (the issue)
+
+
+def write_jpegs(folder: Path, n: int, w: int = 341, h: int = 256) -> list:
+    "`n` street frames of the emulator as w x h JPEGs (~quality 90), the size the training images have; a few reused."
+    world = synthetic_world(synthetic_city(10, seed=0), mapillary=max(n // 8, 64), flickr=0, seed=0)
+    ids = world.mapillary.id.to_numpy()
+    base = []
+    for i in ids[:min(len(ids), 512)]:
+        im = Image.open(io.BytesIO(world.render('mapillary', i, size=1024))).convert('RGB')
+        base.append(im.resize((w, h), Image.Resampling.BILINEAR))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        p = folder / f'{k:06d}.jpg'
+        if k < len(base): base[k].save(p, quality=90)
+        else: p.write_bytes((folder / f'{k % len(base):06d}.jpg').read_bytes())  # same bytes, another file
+        paths.append(str(p))
+    return paths
+
+
+def sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+
+def model_only(geo: Geolocator, bs: int, steps: int) -> float:
+    "images/s of the model alone on a normalised batch already on the device (with the Geolocator's autocast)."
+    dev = geo.device
+    x = torch.randn(bs, 3, geo.tfm.size, geo.tfm.size, device=dev)
+    if geo.cuda: x = x.contiguous(memory_format=torch.channels_last)
+    amp = dict(device_type='cuda', dtype=torch.bfloat16 if geo.precision == 'bf16' else torch.float16,
+               enabled=geo.cuda and geo.precision in ('bf16', 'fp16'))
+    with torch.inference_mode(), torch.autocast(**amp):
+        for _ in range(2): geo.model(x)  # warm-up: compilation, cudnn autotuning
+        sync(dev); t = time.perf_counter()
+        for _ in range(steps): geo.model(x)
+        sync(dev)
+    return bs * steps / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    cuda = torch.cuda.is_available()
+    ap.add_argument('--device', default='cuda' if cuda else 'cpu')
+    ap.add_argument('--arch', default='focalnet_tiny_srf')
+    ap.add_argument('--size', type=int, default=224)
+    ap.add_argument('--resize', type=int, default=256)
+    ap.add_argument('--images', type=int, default=20_000 if cuda else 64)
+    ap.add_argument('--bs', type=int, default=256 if cuda else 32)
+    ap.add_argument('--workers', type=int, default=None, help='reading threads (default: geoloc.predict\'s)')
+    ap.add_argument('--precision', default='bf16')
+    ap.add_argument('--no-compile', action='store_true')
+    ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    with tempfile.TemporaryDirectory(prefix='geoloc-bench-predict-') as tmp:
+        t = time.perf_counter()
+        files = write_jpegs(Path(tmp) / 'jpegs', a.images)
+        kb = np.mean([os.path.getsize(f) for f in files[:256]]) / 1e3
+        print(f'{len(files):,} JPEGs of 341x256 px ({kb:.0f} kB on average) written in {time.perf_counter() - t:.1f} s')
+        areas = synthetic_city(10, seed=0)
+        model = create_model(TrainConfig(arch=a.arch, drop_path=0.0), len(areas))
+        geo = Geolocator(model, list(areas.name), areas, size=a.size, resize=a.resize, device=dev,
+                         precision=a.precision, compile=dev.type == 'cuda' and not a.no_compile)
+        print(f'{geo}; {a.arch}, batch {a.bs}, torch threads {torch.get_num_threads()}, '
+              f'{os.cpu_count()} CPUs' + (f', {torch.cuda.get_device_name(dev)}' if geo.cuda else ''))
+        steps = 30 if geo.cuda else max(2, a.images // a.bs)
+        ceiling = model_only(geo, a.bs, steps)
+        geo.predict(files[:a.bs], bs=a.bs, workers=a.workers)  # warm-up: threads, nvJPEG, compiled shapes
+        sync(dev); t = time.perf_counter()
+        pred = geo.predict(files, bs=a.bs, workers=a.workers)
+        sync(dev); seconds = time.perf_counter() - t
+    ok = int((pred.status == 'ok').sum())
+    rate = ok / seconds
+    print(f'model only : {ceiling:9,.0f} images/s')
+    print(f'end to end : {rate:9,.0f} images/s ({ok:,} photos from JPEG files in {seconds:.2f} s; '
+          f'{rate / ceiling:.0%} of model-only)')
+    if geo.cuda:
+        print(f'target     : {TARGET:9,} images/s on one H200 (bf16): {"met" if rate >= TARGET else "NOT met"} '
+              f'({rate / TARGET:.2f}x)')
+    else:
+        print(f'target     : {TARGET:,} images/s applies to one H200 GPU in bf16: not measured on this CPU-only machine')
+    assert ok == len(files), pred[pred.status != 'ok'].error.value_counts()
+
+
+if __name__ == '__main__':
+    main()
