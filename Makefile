@@ -14,13 +14,10 @@ venv:
 	@bash scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
 
 demo: venv
-	$(BIN)/geoloc areas --city synthetic --out data/areas/synthetic
 	@if [ -d "$(SHARED)/data/bcn" ]; then \
-	  echo "Barcelona boundaries found in $(SHARED)/data/bcn: seeding the offline cache"; \
-	  $(BIN)/geoloc cache-seed --city barcelona --src "$(SHARED)/data/bcn" && \
-	  $(BIN)/geoloc areas --city barcelona --out data/areas/barcelona && \
-	  $(BIN)/geoloc areas --city barcelona --level gran-barri --out data/areas/barcelona-gran-barri; \
-	else echo "No Barcelona boundaries at hand ($(SHARED)/data/bcn): synthetic city only"; fi
+	  echo "Barcelona boundaries found in $(SHARED)/data/bcn: seeding the offline cache (geoloc demo --city barcelona uses them)"; \
+	  $(BIN)/geoloc cache-seed --city barcelona --src "$(SHARED)/data/bcn" >/dev/null; fi
+	$(BIN)/geoloc demo
 
 export-check: venv
 	@bash scripts/check-export.sh "$(BIN)"

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'train': ('geoloc.train:train_cli', "Train a FocalNet district classifier on a dataset folder (paper or fast recipe)", []),
     'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
     'predict': ('geoloc.predict:predict_cli', "Place new photos (files, folders, URLs) in a run's districts: CSV, GeoJSON and an HTML map", ['run', 'images']),
+    'pipeline': ('geoloc.pipeline:pipeline_cli', "Run the whole study from a YAML/TOML config: crawl, label, split, download, train, analyse, predict (resumable)", ['config']),
+    'demo': ('geoloc.pipeline:demo_cli', "The whole study in one command, offline and without keys: emulated APIs, a small FocalNet, a report", []),
 }
 
 

@@ -379,7 +379,7 @@ def to_geojson(pred:pd.DataFrame, # from `Geolocator.predict`
                                   'probability': round(p, 6)}} for i, (d, p) in enumerate(top)]
     return {'type': 'FeatureCollection', 'features': feats}
 
-# %% ../nbs/06_predict.ipynb #d2934fb9
+# %% ../nbs/06_predict.ipynb #f5bcabcd
 OSM_TILES = 'https://tile.openstreetmap.org/{z}/{x}/{y}.png' # the default basemap (needs internet; the map works without)
 
 def _leaflet() -> tuple: # (css, js)
@@ -388,11 +388,10 @@ def _leaflet() -> tuple: # (css, js)
     return (d/'leaflet.css').read_text(), (d/'leaflet.js').read_text()
 
 def _spread(lat:float, lon:float, n:int, radius_m:float) -> list: # n (lat, lon) on a sunflower spiral
-    "Marker positions for `n` photos of one district: a sunflower (Fermat) spiral within `radius_m` of the centroid."
-    if n == 1: return [(lat, lon)]
+    "Marker positions for `n` photos of one district: a sunflower (Fermat) spiral around the centroid, within `radius_m`, clear of its name."
     out, gold = [], math.pi * (3 - math.sqrt(5))
     for i in range(n):
-        r, a = radius_m * math.sqrt((i + 0.5) / n), i * gold
+        r, a = radius_m * math.sqrt(0.12 + 0.88 * (i + 0.5) / n), i * gold + math.pi / 2
         out.append((lat + r * math.sin(a) / 110_540, lon + r * math.cos(a) / (111_320 * math.cos(math.radians(lat)))))
     return out
 
@@ -404,6 +403,9 @@ _MAP_JS = r"""
   const el = (tag, text, attrs) => { const e = document.createElement(tag); if (text != null) e.textContent = text;
                                      Object.assign(e, attrs || {}); return e; };   // text, never HTML
   const map = L.map('map', {zoomSnap: 0.25});
+  map.createPane('labels').style.zIndex = 450;     // district names above the districts,
+  map.getPane('labels').style.pointerEvents = 'none';
+  map.createPane('photos').style.zIndex = 500;     // photo markers above the names
   if (TILES) L.tileLayer(TILES, {maxZoom: 19, attribution: '&copy; OpenStreetMap contributors'}).addTo(map);
   const most = Math.max(1, ...AREAS.features.map(f => f.properties.photos));
   const base = f => ({className: 'geoloc-district', color: '#444', weight: 1.2, fillColor: '#e6550d',
@@ -413,6 +415,9 @@ _MAP_JS = r"""
     byName[f.properties.name] = layer;
     layer.bindTooltip(el('span', f.properties.name + ': ' + f.properties.photos + ' photo(s)'), {sticky: true});
   }}).addTo(map);
+  if (AREAS.features.length <= 20) AREAS.features.forEach(f => L.tooltip({permanent: true, direction: 'center',   // names
+    className: 'geoloc-label', interactive: false, pane: 'labels'}).setLatLng([f.properties.lat, f.properties.lon])
+    .setContent(el('span', f.properties.name)).addTo(map));
   map.fitBounds(districts.getBounds(), {padding: [8, 8]});
   function popup(p) {
     const box = el('div', null, {className: 'geoloc-popup'});
@@ -432,7 +437,7 @@ _MAP_JS = r"""
   }
   const markers = {};
   PHOTOS.forEach(p => {
-    const m = L.circleMarker([p.mlat, p.mlon], {className: 'geoloc-photo', radius: 7, color: '#fff', weight: 2,
+    const m = L.circleMarker([p.mlat, p.mlon], {pane: 'photos', className: 'geoloc-photo', radius: 7, color: '#fff', weight: 2,
                                                 fillColor: '#08519c', fillOpacity: 0.95}).addTo(map);
     m.bindTooltip(el('span', p.name + ': ' + p.top[0][0] + ' ' + (100 * p.top[0][1]).toFixed(0) + '%'));
     m.bindPopup(() => popup(p), {maxWidth: 260});
@@ -454,7 +459,9 @@ _MAP_CSS = """html, body, #map {height: 100%; margin: 0; font: 13px/1.35 system-
 .geoloc-legend {background: rgba(255,255,255,.92); padding: 6px 9px; border-radius: 4px; max-width: 280px;
   box-shadow: 0 1px 4px rgba(0,0,0,.3)} .geoloc-legend div {color: #333; font-size: 12px}
 .geoloc-popup img {display: block; max-width: 240px; margin: 4px 0} .geoloc-popup td {padding: 0 6px 0 0}
-.geoloc-note {color: #666; font-size: 11px}"""
+.geoloc-note {color: #666; font-size: 11px}
+.geoloc-label {background: rgba(255,255,255,.75); border: 0; box-shadow: none; padding: 0 3px; font-size: 11px; color: #222}
+.geoloc-label:before {display: none}"""
 
 def prediction_map(pred:pd.DataFrame, # from `Geolocator.predict` (a `thumbnail` column is shown in the popups)
                    areas, # the districts (`Geolocator.areas`)
@@ -468,12 +475,13 @@ def prediction_map(pred:pd.DataFrame, # from `Geolocator.predict` (a `thumbnail`
     ok, k = pred[pred.status == 'ok'], _k(pred)
     counts = ok.district_1.value_counts()
     shapes = _simplified(areas, simplify_m)
-    feats = [{'type': 'Feature', 'geometry': shapes[n], 'properties': {'name': n, 'photos': int(counts.get(n, 0))}}
-             for n in areas['name']]
+    cent = district_centroids(areas).set_index('name')
+    feats = [{'type': 'Feature', 'geometry': shapes[n], 'properties': {'name': n, 'photos': int(counts.get(n, 0)),
+              'lat': round(cent.lat[n], 7), 'lon': round(cent.lon[n], 7)}} for n in areas['name']]
     utm = areas.to_crs(areas.estimate_utm_crs()).set_index('name').geometry
     spots = {}
     for d, grp in ok.groupby('district_1', sort=False):
-        spots.update(zip(grp.index, _spread(grp.lat.iat[0], grp.lon.iat[0], len(grp), 0.3 * math.sqrt(utm[d].area / math.pi))))
+        spots.update(zip(grp.index, _spread(grp.lat.iat[0], grp.lon.iat[0], len(grp), 0.4 * math.sqrt(utm[d].area / math.pi))))
     photos = [{'row': int(pred.index.get_loc(i)), 'image': r.image, 'name': r.image.rstrip('/').rsplit('/', 1)[-1].split('?')[0],
                'lat': r.lat, 'lon': r.lon, 'mlat': round(spots[i][0], 7), 'mlon': round(spots[i][1], 7),
                'top': [[d, round(p, 4)] for d, p in _top(r, k)],
