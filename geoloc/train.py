@@ -561,7 +561,7 @@ class BatchTransform:
         xs = (r[None, :] >= b[2][:, None]) & (r[None, :] < b[3][:, None])
         return torch.where((ys[:, :, None] & xs[:, None, :])[:, None], torch.randn_like(x), x)
 
-# %% ../nbs/04_train_focalnet.ipynb #94ebb4a9
+# %% ../nbs/04_train_focalnet.ipynb #63fe102f
 class ImageLoader(DataLoader):
     "A fastai DataLoader of images: workers read files, `tfm` (a `BatchTransform`) builds the batch on the device."
     def __init__(self, dataset=None, tfm:BatchTransform=None, gpu_decode:bool=True, prefetch:bool=True, **kwargs):
@@ -590,10 +590,12 @@ class ImageLoader(DataLoader):
 
 def _prefetched(it, device, depth:int=2):
     "Run iterator `it` (whose items are CUDA batches) in a thread on a side stream, `depth` batches ahead."
-    q, stop, side = queue.Queue(depth), threading.Event(), torch.cuda.Stream(device)
+    device = torch.device(device)
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    q, stop, side = queue.Queue(depth), threading.Event(), torch.cuda.Stream(idx)
     def produce():
         try:
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(idx)  # the thread's current device: a plain 'cuda' names no index
             with torch.cuda.stream(side):
                 for b in it:
                     ev = torch.cuda.Event(); ev.record(side)
@@ -608,7 +610,7 @@ def _prefetched(it, device, depth:int=2):
         while (got := q.get()) is not None:
             if isinstance(got, BaseException): raise got
             b, ev = got
-            cur = torch.cuda.current_stream(device)
+            cur = torch.cuda.current_stream(idx)
             cur.wait_event(ev)
             for t in b:
                 if isinstance(t, torch.Tensor) and t.is_cuda: t.record_stream(cur)
