@@ -455,7 +455,7 @@ def _geometric(name:str, m:float, sign:float) -> np.ndarray:
     elif name == 'TranslateYRel': g[1, 2] = 2 * sign * lvl * 0.45
     return g
 
-# %% ../nbs/04_train_focalnet.ipynb #3c603878
+# %% ../nbs/04_train_focalnet.ipynb #b0fdcddd
 class BatchTransform:
     "Decode, crop, flip, augment and normalise a batch of images, on the batch's device."
     def __init__(self, cfg:TrainConfig, train:bool, seed:int=None):
@@ -481,14 +481,19 @@ class BatchTransform:
     def _stack(self, imgs):
         "One float batch from images of any sizes: oversized ones shrunk (antialiased), the rest edge-padded."
         big = 1.5 * self.resize
-        imgs = [im.float() if min(im.shape[-2:]) <= big else
+        imgs = [im if min(im.shape[-2:]) <= big else
                 F.interpolate(im[None].float(), scale_factor=self.resize / min(im.shape[-2:]), mode='bilinear',
-                              antialias=True, recompute_scale_factor=False)[0].clamp(0, 255) for im in imgs]
+                              antialias=True, recompute_scale_factor=False)[0].round().clamp(0, 255).to(torch.uint8)
+                for im in imgs]
         hw = np.array([im.shape[-2:] for im in imgs])
-        if (hw == hw[0]).all(): return torch.stack(imgs), hw
+        if (hw == hw[0]).all(): return torch.stack(imgs).float(), hw
         Hp, Wp = hw.max(0)
-        return torch.stack([F.pad(im[None], (0, Wp - im.shape[2], 0, Hp - im.shape[1]), mode='replicate')[0]
-                            for im in imgs]), hw
+        out = imgs[0].new_empty((len(imgs), 3, Hp, Wp))  # uint8: a quarter of the memory traffic of floats
+        for i, (im, (h, w)) in enumerate(zip(imgs, hw)):  # replicate padding: the edge pixels carried outwards
+            out[i, :, :h, :w] = im
+            if w < Wp: out[i, :, :h, w:] = im[:, :, -1:]
+            if h < Hp: out[i, :, h:, :] = out[i, :, h - 1:h, :]
+        return out.float(), hw
 
     def _geometry(self, x, hw):
         "Crop (+ flip + RandAugment's geometric ops) to size x size with one grid_sample."
@@ -764,7 +769,7 @@ def focalnet_learner(dls:DataLoaders, # from `dataloaders`
     for g, wd in zip(learn.opt.opt.param_groups, [cfg.wd, 0.0]): g['weight_decay'] = wd
     return learn
 
-# %% ../nbs/04_train_focalnet.ipynb #13882560
+# %% ../nbs/04_train_focalnet.ipynb #18965832
 def _fastai_no_cuda_broadcast():
     "fastai's DistributedDL broadcasts its indices through CUDA; under gloo (CPU processes) use a CPU tensor."
     @patch
@@ -796,7 +801,7 @@ def train(dataset, # dataset folder (dataset.parquet, areas.geojson, images/); w
         dataset = dataset or json.loads((out/'source.json').read_text())['dataset']
     else:
         cfg = cfg or TrainConfig.fast()
-        if (out/'config.json').exists():
+        if not rank_distrib() and (out/'config.json').exists():  # rank 0 only: it writes config.json soon after
             raise ValueError(f"{out} already holds a run. Fix: resume it (resume=True, --resume) or choose another out.")
     dataset = Path(dataset)
     rank = rank_distrib()

@@ -30,6 +30,15 @@ def toy(tmp_path_factory):
     return toy_dataset(tmp_path_factory.mktemp('toy') / 'ds', n_classes=8, per_class=30, size=80, images='stripes', seed=3)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_torch_thread():
+    "One intra-op thread: tiny models gain nothing from two, and spinning OpenMP threads stall a busy 2-core machine."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -37,7 +46,7 @@ def _free_port():
 
 
 def _env(**extra):
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), **extra}
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', **extra}
     env.pop('CUDA_VISIBLE_DEVICES', None)
     return env
 
@@ -155,7 +164,7 @@ def test_two_processes_gloo_under_accelerate_launch(toy, tmp_path):
     r = subprocess.run([str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
                         '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
                         '-m', 'geoloc.cli', 'train', '--dataset', str(toy), '--epochs', '2', '--out', str(out), *CLI_TINY],
-                       cwd=ROOT, env=_env(ACCELERATE_USE_CPU='1', OMP_NUM_THREADS='1'), capture_output=True, text=True,
+                       cwd=ROOT, env=_env(ACCELERATE_USE_CPU='1'), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     s = json.loads((out / 'summary.json').read_text())
