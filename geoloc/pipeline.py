@@ -120,7 +120,7 @@ def load_config(path, # a .yaml/.yml or .toml file
     if bad: raise ValueError(f"{p}: unknown setting(s) {bad}. Fix: use some of {sorted(names)}.")
     return PipelineConfig(**d)
 
-# %% ../nbs/07_pipeline.ipynb #304e29ad
+# %% ../nbs/07_pipeline.ipynb #a16f2349
 def _write_atomic(path:Path, text:str):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.part')
@@ -148,7 +148,8 @@ def city_areas(city:str, # as `PipelineConfig.city`
 class _Context:
     "What the stages share: the config, the folder, the areas, the APIs (emulated or real) and the run's state."
     def __init__(self, cfg:PipelineConfig, progress:bool):
-        self.cfg, self.progress, self.out = cfg, progress, Path(cfg.out)
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out).resolve()  # absolute: geoloc.train exports relative to the dataset folder
         self.state_file = self.out/'pipeline.json'
         self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.emu, self._areas = None, None

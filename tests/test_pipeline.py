@@ -71,7 +71,7 @@ def test_real_api_mode_keys_from_environment(tmp_path, monkeypatch):
 def _config(tmp_path, epochs):
     (tmp_path / 'tiny.yaml').write_text(f"""
 name: kill test
-out: {tmp_path / 'out'}
+out: out
 city: synthetic
 districts: 5
 emulator: {{mapillary: 600, flickr: 100, seed: 1}}
@@ -90,7 +90,8 @@ def test_cli_killed_during_training_resumes(tmp_path):
     cfg = _config(tmp_path, epochs=8)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     metrics = tmp_path / 'out' / 'runs' / 'sequence' / 'metrics.csv'
-    p = subprocess.Popen([*GEOLOC, 'pipeline', str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    p = subprocess.Popen([*GEOLOC, 'pipeline', str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                         cwd=tmp_path)  # a relative out folder, as users write it
     t0 = time.time()
     while time.time() - t0 < 240 and p.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3: break  # header + two epochs
@@ -99,7 +100,7 @@ def test_cli_killed_during_training_resumes(tmp_path):
     p.send_signal(signal.SIGKILL); p.wait(30)
     done = len(metrics.read_text().splitlines()) - 1
     assert 2 <= done < 8
-    r = subprocess.run([*GEOLOC, 'pipeline', str(cfg)], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([*GEOLOC, 'pipeline', str(cfg)], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for stage in ('areas', 'mapillary', 'flickr', 'dataset', 'download'): assert f'] {stage}: skipped' in r.stdout
     assert '] train: focalnet_pico_srf' in r.stdout and '] predict: 10 of 10 photos placed' in r.stdout
@@ -108,7 +109,8 @@ def test_cli_killed_during_training_resumes(tmp_path):
     assert pd.read_csv(metrics).epoch.tolist() == list(range(8))  # each epoch once
     report = (tmp_path / 'out' / 'report' / 'README.md').read_text()
     assert '## Table 1' in report and 'predictions/map.html' in report and '10 held-out photos' in report
-    again = subprocess.run([*GEOLOC, 'pipeline', str(cfg), '--quiet'], capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run([*GEOLOC, 'pipeline', str(cfg), '--quiet'], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=tmp_path)
     assert again.returncode == 0 and again.stdout == '', again.stderr[-2000:]
     state = json.loads((tmp_path / 'out' / 'pipeline.json').read_text())
     assert state['stages']['train']['status'] == 'ran' and state['last_run_seconds'] < 60
