@@ -769,7 +769,7 @@ def focalnet_learner(dls:DataLoaders, # from `dataloaders`
     for g, wd in zip(learn.opt.opt.param_groups, [cfg.wd, 0.0]): g['weight_decay'] = wd
     return learn
 
-# %% ../nbs/04_train_focalnet.ipynb #18965832
+# %% ../nbs/04_train_focalnet.ipynb #d015eeda
 def _fastai_no_cuda_broadcast():
     "fastai's DistributedDL broadcasts its indices through CUDA; under gloo (CPU processes) use a CPU tensor."
     @patch
@@ -792,7 +792,7 @@ def train(dataset, # dataset folder (dataset.parquet, areas.geojson, images/); w
           progress:bool=True, # fastai progress bars
          ) -> Path: # `out`
     "Train a FocalNet on a dataset folder and write the run folder that analysis and prediction read."
-    out = Path(out)
+    out = Path(out).absolute()  # fastai's Learner joins relative paths to its own path (the dataset folder)
     if resume:
         if not (out/'config.json').exists():
             raise FileNotFoundError(f"Nothing to resume in {out} (no config.json). Fix: train without resume, "

@@ -116,10 +116,10 @@ def test_sigkilled_run_resumes_at_the_right_epoch(toy, tmp_path):
 
 
 def test_cli_run_folder_and_saved_run_predicts_the_same_logits(toy, tmp_path, capsys):
-    "`geoloc train` writes the run folder contract; the exported model reproduces the validation logits."
+    "`geoloc train` writes the run folder contract (a relative --out is the user's cwd); the export reproduces the logits."
     out = tmp_path / 'cli-run'
     r = subprocess.run([sys.executable, '-m', 'geoloc.cli', 'train', '--dataset', str(toy), '--epochs', '2',
-                        '--out', str(out), *CLI_TINY], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+                        '--out', 'cli-run', *CLI_TINY], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'focalnet_pico_srf (fast): top-1' in r.stdout
     assert {'config.json', 'metrics.csv', 'predictions.parquet', 'classes.json', 'areas.geojson', 'model.pkl',
