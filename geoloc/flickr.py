@@ -27,10 +27,10 @@ from .crawlio import ApiClient, ApiError, Journal, RetryableError, TokenRejected
 from .geojson import city_boundary, load_areas, load_city
 
 # %% auto #0
-__all__ = ['LICENSES', 'REUSABLE_LICENSES', 'RECORD_COLUMNS', 'RETRY_CODES', 'CAP', 'PER_PAGE', 'SPLIT_TARGET', 'FLICKR_START',
-           'EXTRAS', 'license_table', 'license_ids', 'ascii_lower', 'paper_keywords', 'name_of_city', 'parse_photo',
-           'records_frame', 'check_answer', 'area_task', 'keyword_task', 'search_params', 'split_window', 'split_box',
-           'plan', 'crawl_photos', 'flickr_cli']
+__all__ = ['LICENSES', 'REUSABLE_LICENSES', 'AUTHORS_BCN_KEYWORDS', 'RECORD_COLUMNS', 'RETRY_CODES', 'CAP', 'PER_PAGE',
+           'SPLIT_TARGET', 'FLICKR_START', 'EXTRAS', 'license_table', 'license_ids', 'ascii_lower', 'paper_keywords',
+           'name_of_city', 'parse_photo', 'records_frame', 'check_answer', 'area_task', 'keyword_task', 'search_params',
+           'split_window', 'split_box', 'plan', 'crawl_photos', 'flickr_cli']
 
 # %% ../nbs/01_flickr.ipynb #c68d88da
 LICENSES = {0: 'All Rights Reserved', 1: 'CC BY-NC-SA 2.0', 2: 'CC BY-NC 2.0', 3: 'CC BY-NC-ND 2.0',
@@ -77,6 +77,10 @@ def name_of_city(city:str) -> str | None:
     p = Path(city).expanduser()
     if p.suffix.lower() in ('.geojson', '.json', '.gpkg', '.shp') or p.exists(): return None
     return city.split(':', 1)[-1].split(',')[0].strip() or None
+
+# %% ../nbs/01_flickr.ipynb #fe68d86a
+AUTHORS_BCN_KEYWORDS = ['barcelona', 'ciutat vella', 'eixampla', 'sants', 'montjuic', 'les corts', 'sarria',
+                        'sant gervasi', 'gracia', 'horta', 'guinardo', 'nou barris', 'sant andreu', 'sant marti']
 
 # %% ../nbs/01_flickr.ipynb #321d1362
 RECORD_COLUMNS = ['id', 'source', 'lat', 'lon', 'url', 'captured_at', 'uploaded_at', 'owner', 'owner_name',
@@ -387,10 +391,10 @@ def _save(df: pd.DataFrame, summary: dict, out: Path):
     (out / 'summary.json.tmp').write_text(json.dumps(summary, indent=1, default=str))
     os.replace(out / 'summary.json.tmp', out / 'summary.json')
 
-# %% ../nbs/01_flickr.ipynb #0a411e37
+# %% ../nbs/01_flickr.ipynb #86c7db5f
 def flickr_cli(city:str='barcelona', # 'barcelona', 'synthetic', a named source ('click_that_hood:<slug>') or an areas file
                key_env:str='FLICKR_KEY', # environment variable holding the API key (the key itself is never an argument)
-               keywords:str=None, # none: area mode (every photo); 'paper': the paper's keywords; or 'kw1,kw2'
+               keywords:str=None, # none: area mode (every photo); 'paper': the paper's keywords; 'authors': their exact Barcelona list; or 'kw1,kw2'
                out:str='data/flickr', # output folder; rerun the same command to resume a stopped crawl
                api_url:str='https://api.flickr.com/services/rest', # REST endpoint (an emulator's for tests)
                level:str='districts', # area level of the city (districts, or a named source's finer level)
@@ -409,6 +413,7 @@ def flickr_cli(city:str='barcelona', # 'barcelona', 'synthetic', a named source 
     if not key: raise ValueError(f'the environment variable {key_env} is empty. Fix: export {key_env}=<your Flickr '
                                  'API key> (get one at https://www.flickr.com/services/apps/create/).')
     areas = load_city(city, level)
+    if keywords and keywords.strip().lower() == 'authors': keywords = ','.join(AUTHORS_BCN_KEYWORDS)
     if keywords and keywords.strip().lower() == 'paper':
         name = city_name or name_of_city(city)
         if not name: raise ValueError(f"--keywords paper needs the city's name, and {city} is a file. "

@@ -1,4 +1,5 @@
 """geoloc.flickr against the emulated Flickr: faults, SIGKILL and rerun, the CLI, the key kept secret."""
+import json
 import os
 import signal
 import subprocess
@@ -146,3 +147,21 @@ def test_bad_key_and_missing_key_stop_at_once(city, tmp_path):
                         str(tmp_path / 'none')], env={k: v for k, v in os.environ.items() if k != 'NO_SUCH_VAR_42'},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and 'NO_SUCH_VAR_42 is empty' in r.stderr
+
+
+def test_cli_authors_keywords_runs_their_exact_list(city, tmp_path, monkeypatch):
+    "`--keywords authors` searches the authors' 14 Barcelona terms, one query each, and keeps each record's query."
+    from geoloc.cli import main
+    from geoloc.flickr import AUTHORS_BCN_KEYWORDS
+    areas, areas_file = city
+    world = synthetic_world(areas, mapillary=100, flickr=400, seed=5)
+    monkeypatch.setenv('FLICKR_KEY', FLICKR_KEY)
+    with Emulator(world) as emu:
+        rc = main(['flickr', '--city', str(areas_file), '--keywords', 'authors', '--out', str(tmp_path / 'a'),
+                   '--api-url', emu.flickr_url, '--calls-per-hour', '0', '--quiet'])
+        searches = emu.stats().get('requests', 0)
+    assert rc == 0 and searches >= len(AUTHORS_BCN_KEYWORDS)
+    df = pd.read_parquet(tmp_path / 'a' / 'records.parquet')
+    assert set(df['query']) <= set(AUTHORS_BCN_KEYWORDS)
+    saved = json.loads((tmp_path / 'a' / 'crawl.json').read_text())
+    assert saved['keywords'] == AUTHORS_BCN_KEYWORDS
