@@ -306,7 +306,7 @@ def _download(url: str, timeout=60) -> bytes:
     except requests.RequestException as e:
         raise SourceUnavailable(f"could not download {url}: {type(e).__name__}: {e}") from None
 
-# %% ../nbs/00_geojson.ipynb #d76beb47
+# %% ../nbs/00_geojson.ipynb #f172aba5
 def _resolve(city: str, level: str) -> tuple[str, str, str]:
     "(cache folder, file name, URL) for a named source."
     key = city.strip().lower()
@@ -339,7 +339,9 @@ def _fetch_osm(place: str, admin_level: str) -> bytes:
         raise AreasError(f"OpenStreetMap has no named admin_level {admin_level} areas in {place!r}. Fix: try another level.")
     return g[['name', 'geometry']].to_json(drop_id=True).encode()
 
-def _write_atomic(path: Path, data: bytes):
+def _write_atomic(path: Path, data):
+    "Write `data` (bytes, or text as UTF-8) to `path` through a temporary file and a rename: never half a file."
+    if isinstance(data, str): data = data.encode('utf-8')
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmpname = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.part')
     with os.fdopen(fd, 'wb') as f: f.write(data)
