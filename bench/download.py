@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 import urllib3
 
-from geoloc.emulator import MAPILLARY_TOKEN, Emulator, Faults, synthetic_world
-from geoloc.geojson import synthetic_city
-from geoloc.labeling import download_images
+from geoloc.sim import MAPILLARY_TOKEN, Emulator, Faults, synthetic_world
+from geoloc.sim import synthetic_city
+from geoloc.images import download_images
 
 
 def records(world, emu, n_mly, n_flickr, batch=200):

@@ -16,7 +16,7 @@ import numpy as np
 import urllib3
 from PIL import Image
 
-from geoloc.emulator import MAPILLARY_TOKEN, Emulator, barcelona_world
+from geoloc.sim import MAPILLARY_TOKEN, Emulator, barcelona_world
 
 
 def main():

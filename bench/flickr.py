@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoloc.emulator import BCN_FLICKR, FLICKR_KEY, Emulator, Faults, barcelona_world
+from geoloc.sim import BCN_FLICKR, FLICKR_KEY, Emulator, Faults, barcelona_world
 from geoloc.flickr import CAP, crawl_photos, paper_keywords
 from geoloc.geojson import city_boundary, load_areas
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from geoloc.emulator import MAPILLARY_TOKEN, Emulator, Faults, barcelona_world
+from geoloc.sim import MAPILLARY_TOKEN, Emulator, Faults, barcelona_world
 from geoloc.mapillary import as_area, cover_boxes, crawl_images, quadtree_requests
 
 

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from geoloc.emulator import synthetic_world  # noqa: E402
-from geoloc.geojson import synthetic_city  # noqa: E402
+from geoloc.sim import synthetic_world  # noqa: E402
+from geoloc.sim import synthetic_city  # noqa: E402
 from geoloc.predict import Geolocator  # noqa: E402
 from geoloc.train import TrainConfig, create_model  # noqa: E402
 

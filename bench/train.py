@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from geoloc.train import (ImageLoader, TrainConfig, _decode_cpu, _read_bytes, dataloaders, focalnet_learner,  # noqa: E402
-                          read_dataset, toy_dataset)
+from geoloc.data import BatchTransform, ImageBatch, ImageItems, ImageLoader, decode_cpu, read_bytes  # noqa: E402
+from geoloc.labeling import read_dataset  # noqa: E402
+from geoloc.sim import toy_dataset  # noqa: E402
+from geoloc.train import TrainConfig, dataloaders, focalnet_learner  # noqa: E402
 from fastai.callback.core import Callback, CancelFitException, CancelValidException  # noqa: E402
 from fastai.data.core import DataLoaders  # noqa: E402
 from fastai.data.load import DataLoader  # noqa: E402
@@ -99,13 +101,12 @@ def cpu_pipeline(ds):
     rows, _, _ = read_dataset(ds)
     paths = [str(Path(ds) / p) for p in rows.path]
     out = {}
-    t = time.perf_counter(); blobs = [_read_bytes(p) for p in paths]; dt = time.perf_counter() - t
+    t = time.perf_counter(); blobs = [read_bytes(p) for p in paths]; dt = time.perf_counter() - t
     mb = sum(len(b) for b in blobs) / 1e6
     out['read 1 process'] = (len(paths) / dt, mb / dt)
-    t = time.perf_counter(); imgs = [_decode_cpu(b) for b in blobs]; dt = time.perf_counter() - t
+    t = time.perf_counter(); imgs = [decode_cpu(b) for b in blobs]; dt = time.perf_counter() - t
     out['decode 1 process'] = (len(paths) / dt, mb / dt)
     n_cpu = os.cpu_count() or 1
-    from geoloc.train import BatchTransform, ImageBatch, ImageItems
     items = ImageItems(paths, np.zeros(len(paths), int), vocab=['x'])
     for cls, name in ((_BytesLoader, 'read'), (_DecodedLoader, 'read + decode')):
         dl = cls(items, None, bs=64, num_workers=n_cpu, device=None)
@@ -113,7 +114,7 @@ def cpu_pipeline(ds):
         out[f'{name}, DataLoader {n_cpu} workers'] = (n / dt, mb * n / len(paths) / dt)
     # the batch transforms themselves on the CPU (crop/flip/RandAugment/erase at 224): the CPU fallback's cost
     cfg = TrainConfig.paper(size=224, resize=256)
-    tfm, batch = BatchTransform(cfg, True), ImageBatch(imgs[:64], encoded=False)
+    tfm, batch = BatchTransform.from_config(cfg, train=True), ImageBatch(imgs[:64], encoded=False)
     tfm(batch, 'cpu')
     t = time.perf_counter(); tfm(batch, 'cpu'); dt = time.perf_counter() - t
     out['paper augmentations on CPU tensors (1 process)'] = (64 / dt, float('nan'))

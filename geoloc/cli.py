@@ -1,33 +1,38 @@
 """The `geoloc` command: one subcommand per pipeline stage.
 
-Hand-written dispatcher. Each stage's notebook exports a plain function whose docments become the
-subcommand's options (through `fastcore.script.anno_parser`); this module only maps names to those
-functions and imports a stage when its subcommand runs, so `geoloc --help` stays fast.
+Hand-written dispatcher. Each stage's notebook exports a plain function whose docments become the subcommand's
+options (through `fastcore.script.anno_parser`). To keep `geoloc --help` and every `geoloc COMMAND --help` fast
+(torch and fastai take seconds to import), the parser is built from the function's *source*: its signature is
+compiled on its own, without the module's imports, so a command's stage is imported only when the command runs.
+Defaults of command functions are therefore literals (a test checks that every command's parser builds this way).
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+import linecache
 import sys
+import typing
+from pathlib import Path
 
-from fastcore.script import anno_parser
+__all__ = ['COMMANDS', 'command_parser', 'main']
 
-__all__ = ['COMMANDS', 'main']
-
-# name -> (module:function, one-line help, positional parameters). Stages add their line as they land.
+# name -> (module:function, one-line help, positional parameters)
 COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'areas': ('geoloc.geojson:areas_cli', "Load a city's areas (districts, neighbourhoods): summary table + map PNG", []),
     'cache-seed': ('geoloc.geojson:cache_seed_cli', "Put boundary files you already have into the offline cache", []),
     'mapillary': ('geoloc.mapillary:mapillary_cli', "Crawl every Mapillary image of a city (recursive bbox search; resumable)", []),
     'flickr': ('geoloc.flickr:flickr_cli', "Crawl a city's geotagged Flickr photos (every one, or the paper's keyword searches)", []),
-    'emulator': ('geoloc.emulator:emulator_cli', "Serve local Mapillary and Flickr API stand-ins over a synthetic world", []),
-    'label': ('geoloc.labeling:label_cli', "Label crawl records by district and clean them into a dataset folder", ['records']),
-    'split': ('geoloc.labeling:split_cli', "Add a train/valid split (random, sequence, spatial) to a dataset; report leakage", []),
-    'download': ('geoloc.labeling:download_cli', "Download, verify and resize a dataset's images (resumable; failures kept with reasons)", []),
+    'label': ('geoloc.labeling:label_cli', "Label crawl records by district, clean and split them into a dataset folder", ['records']),
+    'split': ('geoloc.labeling:split_cli', "Split a dataset again (random, sequence, spatial); report how much each split leaks", []),
+    'download': ('geoloc.images:download_cli', "Download, verify and resize a dataset's images (resumable; failures kept with reasons)", []),
     'train': ('geoloc.train:train_cli', "Train a FocalNet district classifier on a dataset folder (paper or fast recipe)", []),
     'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
     'predict': ('geoloc.predict:predict_cli', "Place new photos (files, folders, URLs) in a run's districts: CSV, GeoJSON and an HTML map", ['run', 'images']),
     'pipeline': ('geoloc.pipeline:pipeline_cli', "Run the whole study from a YAML/TOML config: crawl, label, split, download, train, analyse, predict (resumable)", ['config']),
-    'demo': ('geoloc.pipeline:demo_cli', "The whole study in one command, offline and without keys: emulated APIs, a small FocalNet, a report", []),
+    'demo': ('geoloc.pipeline:demo_cli', "The whole study in one command, offline and without keys: API stand-ins, a small FocalNet, a report", []),
+    'emulator': ('geoloc.sim.emulator:emulator_cli', "Serve local Mapillary and Flickr API stand-ins over a synthetic world", []),
 }
 
 
@@ -38,6 +43,35 @@ def _usage() -> str:
     return (f'usage: geoloc COMMAND [options]   (geoloc {__version__})\n\n'
             f'Geolocate outdoor photos inside a city, one stage per command:\n\n{rows}\n\n'
             'Run `geoloc COMMAND --help` for the options of one command.')
+
+
+def _stub(target: str):
+    "The command function `module:function` compiled from its own source alone: same signature, docstring, docments."
+    mod, fn = target.split(':')
+    spec = importlib.util.find_spec(mod)
+    if spec is None or not spec.origin: raise ImportError(f'cannot find {mod}')
+    src = Path(spec.origin).read_text(encoding='utf-8')
+    node = next((n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == fn), None)
+    if node is None: raise ImportError(f'{mod} has no function {fn}')
+    lines = src.splitlines(keepends=True)
+    start = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
+    body0 = node.body[0]
+    doc = ast.get_docstring(node)
+    head = ''.join(lines[start:body0.lineno - 1]) if not doc else ''.join(lines[start:body0.end_lineno])
+    code = head + ('    pass\n' if doc else '    pass\n')
+    fname = f'<geoloc-cli {target}>'
+    linecache.cache[fname] = (len(code), None, code.splitlines(keepends=True), fname)  # docments read the source
+    from fastcore.script import store_false, store_true  # noqa: F401 (names the signatures may use)
+    ns = {'__name__': mod, 'Annotated': typing.Annotated, 'store_true': store_true, 'store_false': store_false}
+    exec(compile(code, fname, 'exec'), ns)
+    return ns[fn]
+
+
+def command_parser(cmd: str):
+    "The argparse parser of `geoloc CMD`, built without importing the stage."
+    from fastcore.script import anno_parser
+    target, _help, pos = COMMANDS[cmd]
+    return anno_parser(_stub(target), prog=f'geoloc {cmd}', pos=pos)
 
 
 def _load(target: str):
@@ -60,17 +94,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"geoloc: unknown command {cmd!r}. Commands: {', '.join(COMMANDS)}. See `geoloc --help`.",
               file=sys.stderr)
         return 2
-    target, _help, pos = COMMANDS[cmd]
-    func = _load(target)
-    parser = anno_parser(func, prog=f'geoloc {cmd}', pos=pos)
-    args = vars(parser.parse_args(rest))
+    args = vars(command_parser(cmd).parse_args(rest))
     args.pop('pdb', None), args.pop('xtra', None)
+    func = _load(COMMANDS[cmd][0])
     try:
         res = func(**args)
-    except (FileNotFoundError, ValueError, RuntimeError, PermissionError, ConnectionError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, OSError, ConnectionError) as e:
         # Errors a user can cause carry their own explanation: show it without a traceback.
         print(f'geoloc {cmd}: {e}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f'geoloc {cmd}: interrupted; run the same command again to resume.', file=sys.stderr)
+        return 130
     return res if isinstance(res, int) else 0
 
 

@@ -1,48 +1,53 @@
-"""Crawl machinery shared by the Mapillary and Flickr crawlers: a retrying JSON client, a crash-safe journal of
-finished tasks, and a concurrent task runner that resumes from the journal.
+"""Crawl machinery shared by the Mapillary and Flickr crawlers: a retrying JSON client that knows how the Graph and
+Flickr APIs fail, a crash-safe journal of finished tasks, a concurrent task runner that resumes from it, and the
+crawl outline both crawlers follow (one `crawl.json` schema, settings pinned per folder, records saved by one writer).
 
 Hand-written (dense machinery that reads badly as a lesson); tests in `tests/test_crawlio.py`, driven in the lessons
-of notebooks 01 and 02.
+of notebooks 01, 02 and 09.
 
-Why not urllib3's `Retry` alone: besides 429/5xx and dropped connections, these APIs fail inside a 200 answer
-(Flickr's `stat: fail` code 105, truncated or malformed JSON bodies), and the crawl summaries must count every
-request and retry. One explicit loop handles both levels and counts them.
+Why a loop of its own on top of `geoloc.net`'s transport retries: these APIs fail inside answers (Flickr's
+`stat: fail` code 105 at HTTP 200, Graph errors whose meaning depends on `code` more than on the status, truncated or
+malformed JSON bodies), and the crawl summaries count every request and retry. How an answer is read:
 
-Secrets: tokens and keys travel in headers or in query parameters named in `secret_params`; every URL that reaches a
-message, a log line or an exception goes through `redact`, and exceptions from `requests` (whose messages carry the
-full URL) are never chained.
+| answer | meaning | what the client does |
+|---|---|---|
+| 401, or Graph `code` 190 / 368 (real servers send these as HTTP 500 too) | the token is bad or expired | `TokenRejected` at once |
+| 429, or 403/4xx with Graph `code` 4, 17, 32, 613 or `is_transient` | throttled | back off (Retry-After), retry; `RateLimited` when exhausted |
+| 5xx that `giveup(status, error)` calls hopeless (a dense Mapillary box) | asking too much | `TooDense` at once: the caller splits |
+| other 5xx, dropped connections, time-outs, malformed bodies | transient | back off, retry |
+| 404 / Graph code 100 subcode 33 | not there / deleted | `NotFound` / `Gone` |
+| other 4xx | a request the server refuses | `ApiError` with status, code and message |
+
+Secrets: tokens travel in headers, keys in query parameters named in `secret_params`; every URL and message that
+leaves goes through `geoloc.net.redact`, and no exception is chained to one that quotes a URL.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
 import pandas as pd
-import requests
-from requests.adapters import HTTPAdapter
 
-__all__ = ['ApiError', 'TokenRejected', 'RetryableError', 'redact', 'RateLimiter', 'ApiClient', 'Journal',
-           'run_tasks']
+from .files import FileError, atomic_path, disk_full, read_json, write_json
+from .net import (ApiError, BadURL, Gone, NetError, NotFound, RateLimited, Timeout, TokenRejected, TooDense, TooLarge,
+                  redact, session)
 
+__all__ = ['ApiError', 'TokenRejected', 'RateLimited', 'NotFound', 'Gone', 'TooDense', 'RetryableError', 'redact',
+           'RateLimiter', 'THROTTLE_CODES', 'TOKEN_CODES', 'graph_error', 'ApiClient', 'Journal', 'run_tasks',
+           'RECORD_COLUMNS', 'save_records', 'Crawl']
 
-class ApiError(RuntimeError):
-    "An API answer that retrying will not fix (or retries exhausted). Carries `status`, `code`, `message`, `url`."
-    def __init__(self, message: str, *, status: int | None = None, code=None, url: str = ''):
-        self.status, self.code, self.message, self.url = status, code, message, url
-        where = f' ({url})' if url else ''
-        super().__init__(f'{message}{where}')
-
-
-class TokenRejected(ApiError):
-    "The API rejected the token or key (HTTP 401 / Graph code 190, Flickr code 100): stop at once, do not loop."
+THROTTLE_CODES = (4, 17, 32, 613)  # Graph API: application / user / page / custom request limits
+TOKEN_CODES = (190, 368)           # Graph API: invalid or expired token; blocked for policy
 
 
 class RetryableError(Exception):
@@ -50,18 +55,6 @@ class RetryableError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def redact(text, secrets=(), params=('access_token', 'api_key', 'token', 'key', 'oauth_token')) -> str:
-    "`text` with the values of secret query parameters and every string in `secrets` replaced by `***`."
-    text = str(text)
-    for s in secrets:
-        if s: text = text.replace(str(s), '***')
-    if params:
-        names = '|'.join(re.escape(p) for p in params)
-        text = re.sub(rf'(?i)((?:^|[?&;\s"\']){{1}}(?:{names})=)[^&\s"\'#]*', r'\1***', text)
-        text = re.sub(r'(?i)(OAuth\s+)(?=[^\s"\',]*[0-9|])[^\s"\',]{12,}', r'\1***', text)  # token-like words only
-    return text
 
 
 class RateLimiter:
@@ -84,51 +77,57 @@ class RateLimiter:
         if delay > 0: self.sleep(delay)
 
 
-_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-              requests.exceptions.ContentDecodingError)
+def graph_error(body) -> dict | None:
+    "The Graph-style `error` object of an answer body (bytes, text or decoded JSON), if it has one."
+    try: d = json.loads(body) if isinstance(body, (bytes, str)) else body
+    except ValueError: return None
+    err = d.get('error') if isinstance(d, dict) else None
+    return err if isinstance(err, dict) else None
+
+
+def _int(v):
+    try: return int(v)
+    except (TypeError, ValueError): return None
 
 
 class ApiClient:
-    "GET JSON from an API with retries on 429 / 5xx / timeouts / dropped connections / malformed bodies."
+    "GET JSON from an API with retries on throttling / 5xx / dropped connections / time-outs / malformed bodies."
     def __init__(self, base_url: str, *,
                  headers: dict | None = None,        # sent on every request (e.g. Authorization: OAuth ...)
                  params: dict | None = None,         # query parameters sent on every request (e.g. api_key, format)
                  secret_params=('access_token', 'api_key'),  # query parameters whose values are never shown
-                 timeout: float = 30,                # seconds per request
+                 timeout: float = 30,                # seconds to connect and between reads
+                 deadline: float = 120,              # seconds for a whole answer
+                 max_bytes: int = 64_000_000,        # largest answer accepted
                  max_retries: int = 8,               # retries per request before giving up
                  backoff: float = 0.5,               # first retry delay, seconds; doubles each retry (with jitter)
                  max_backoff: float = 30,            # cap of one delay, seconds (Retry-After is honoured up to 300 s)
                  calls_per_hour: float | None = None,  # client-side rate limit shared by all threads
                  pool: int = 32,                     # connections kept per host
-                 giveup=None,                        # giveup(status, error_json) -> True: a 5xx that retrying won't fix
+                 giveup=None,                        # giveup(status, error) -> True: a 5xx that retrying won't fix
+                 timeouts_mean_dense: int = 0,       # this many time-outs in a row for one request: TooDense (0: off)
+                 token_hint: str = '',               # how to fix a rejected token (e.g. which variable to set)
                  sleep=time.sleep):
         self.base_url = base_url.rstrip('/')
         self.headers, self.params = dict(headers or {}), dict(params or {})
         self.secret_params = tuple(secret_params)
-        self._secrets = [v for k, v in self.params.items() if k in self.secret_params and v]
-        self._secrets += [v.split(None, 1)[-1] for k, v in self.headers.items() if k.lower() == 'authorization' and v]
-        self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
+        secrets = [v for k, v in self.params.items() if k in self.secret_params and v]
+        self._http = session(pool=pool, retries=0, timeout=timeout, deadline=deadline, max_bytes=max_bytes,
+                             headers=self.headers, secrets=secrets)
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.limiter = RateLimiter(calls_per_hour) if calls_per_hour else None
-        self.pool, self.sleep, self.giveup = pool, sleep, giveup
-        self._local = threading.local()
+        self.sleep, self.giveup, self.token_hint = sleep, giveup, token_hint
+        self.timeouts_mean_dense = timeouts_mean_dense
         self._lock = threading.Lock()
         self.stats = Counter()
 
-    def __repr__(self): return f'ApiClient({self.base_url!r}, requests={self.stats["requests"]})'
+    def __repr__(self): return f'ApiClient({self.redact(self.base_url)!r}, requests={self.stats["requests"]})'
 
     def redact(self, text) -> str:
         "`text` without this client's secrets."
-        return redact(text, self._secrets, self.secret_params)
+        return self._http.redact(text)
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, 'session', None)
-        if s is None:
-            s = requests.Session()
-            ad = HTTPAdapter(pool_connections=4, pool_maxsize=self.pool, max_retries=0)
-            s.mount('http://', ad); s.mount('https://', ad)
-            s.headers.update({'User-Agent': 'geoloc (https://github.com/geoloc-dev/geoloc)', **self.headers})
-            self._local.session = s
-        return s
+    def close(self): self._http.close()
 
     def _count(self, *keys):
         with self._lock:
@@ -150,30 +149,36 @@ class ApiClient:
         "GET `path` with `params`; the decoded JSON. `check(data)` may raise `RetryableError` or `ApiError`."
         url = f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
         q = {**self.params, **(params or {})}
-        last = 'no attempt'
+        last, throttled, timeouts = 'no attempt', False, 0
         for attempt in range(self.max_retries + 1):
-            if attempt:
-                self._count('retries')
+            if attempt: self._count('retries')
             if self.limiter: self.limiter.acquire()
             self._count('requests')
-            retry_after = None
-            try:
-                r = self._session().get(url, params=q, timeout=self.timeout)
-                body = r.content
-            except _TRANSIENT as e:
-                self._count('errors:' + type(e).__name__)
-                last = f'{type(e).__name__} (connection dropped or timed out)'
+            try: r = self._http.get(url, q)
+            except (TooLarge, BadURL) as e: raise ApiError(e.reason, url=self.url(path, params)) from None
+            except NetError as e:
+                self._count(f'errors:{type(e).__name__}')
+                last = e.reason
+                timeouts = timeouts + 1 if isinstance(e, Timeout) else 0
+                if self.timeouts_mean_dense and timeouts >= self.timeouts_mean_dense:
+                    raise TooDense(f'no answer in time, {timeouts} times: the answer is too big to send',
+                                   url=self.url(path, params)) from None
                 self.sleep(self._delay(attempt)); continue
-            self._count(f'status:{r.status_code}')
-            if r.status_code >= 500 and self.giveup is not None and self.giveup(r.status_code, _error_json(body)):
-                raise self._error(r, body, path, q)
-            if r.status_code == 429 or r.status_code >= 500:
-                retry_after = r.headers.get('Retry-After')
-                last = f'HTTP {r.status_code}'
-                self.sleep(self._delay(attempt, retry_after)); continue
-            if r.status_code >= 400:
-                raise self._error(r, body, path, q)
-            try: data = json.loads(body)
+            self._count(f'status:{r.status}')
+            err = graph_error(r.body) if r.status >= 400 else None
+            kind = self._classify(r.status, err)
+            if kind == 'token': raise self._error(r.status, err, path, params, TokenRejected)
+            if kind == 'throttled':
+                throttled, last = True, f'HTTP {r.status} (throttled)'
+                self.sleep(self._delay(attempt, r.headers.get('retry-after'))); continue
+            if kind == 'dense': raise self._error(r.status, err, path, params, TooDense)
+            if kind == 'transient':
+                last = f'HTTP {r.status}'
+                self.sleep(self._delay(attempt, r.headers.get('retry-after'))); continue
+            if kind == 'refused':
+                cls = NotFound if r.status == 404 else Gone if _gone(err) else ApiError
+                raise self._error(r.status, err, path, params, cls)
+            try: data = json.loads(r.body)
             except ValueError:
                 self._count('errors:malformed')
                 last = 'malformed JSON body'
@@ -185,30 +190,40 @@ class ApiClient:
                     last = str(e)
                     self.sleep(self._delay(attempt, e.retry_after)); continue
             return data
-        raise ApiError(f'gave up after {self.max_retries + 1} attempts; last: {last}', url=self.url(path, params))
+        cls = RateLimited if throttled and 'throttled' in last else ApiError
+        raise cls(f'gave up after {self.max_retries + 1} attempts; last: {last}', url=self.url(path, params))
 
-    def _error(self, r, body, path, params) -> ApiError:
-        "An `ApiError` (or `TokenRejected`) from a 4xx answer, using the Graph error shape when present."
-        err = _error_json(body) or {}
-        code, msg = err.get('code'), err.get('message') or f'HTTP {r.status_code}'
-        msg = self.redact(msg)
-        cls = TokenRejected if r.status_code == 401 or code == 190 else ApiError
-        if cls is TokenRejected: msg = f'token rejected: {msg}. Fix: check the token (it is not shown here)'
-        return cls(msg, status=r.status_code, code=code, url=self.url(path, params))
+    def _classify(self, status: int, err: dict | None) -> str:
+        "'ok', 'token', 'throttled', 'dense', 'transient' or 'refused' for an answer's status and Graph error."
+        if status < 400: return 'ok'
+        code = _int((err or {}).get('code'))
+        if status == 401 or code in TOKEN_CODES: return 'token'
+        if status == 429 or code in THROTTLE_CODES or ((err or {}).get('is_transient') and status < 500):
+            return 'throttled'
+        if status >= 500:
+            return 'dense' if self.giveup is not None and self.giveup(status, err) else 'transient'
+        return 'refused'
+
+    def _error(self, status, err, path, params, cls=ApiError) -> ApiError:
+        "An `ApiError` of class `cls` from an answer, using the Graph error shape when present."
+        err = err or {}
+        code, msg = _int(err.get('code')), err.get('message') or f'HTTP {status}'
+        if err.get('error_user_msg') and err['error_user_msg'] not in msg: msg = f"{msg} ({err['error_user_msg']})"
+        if cls is TokenRejected:
+            msg = f"token rejected: {msg}. Fix: {self.token_hint or 'check the token (it is not shown here)'}"
+        return cls(self.redact(msg), status=status, code=code, subcode=_int(err.get('error_subcode')),
+                   url=self.url(path, params))
 
 
-def _error_json(body) -> dict | None:
-    "The Graph-style `error` object of an answer body, if it has one."
-    try: err = json.loads(body).get('error')
-    except (ValueError, AttributeError): return None
-    return err if isinstance(err, dict) else None
+def _gone(err) -> bool: return bool(err) and _int(err.get('code')) == 100 and _int(err.get('error_subcode')) == 33
 
 
 class Journal:
     """Crash-safe log of finished tasks: one JSON line per task with its records and child tasks.
 
     A line is written (and fsync'ed) only after its task has fully finished, so a crash loses at most the tasks in
-    flight; a line cut short by a crash is dropped on the next open. Records are de-duplicated by `id`."""
+    flight; a line cut short by a crash is dropped on the next open. Records are de-duplicated by `id`. A full disk
+    stops the crawl with an error naming the folder, and leaves the journal as it was (the torn line is dropped)."""
     def __init__(self, folder, name: str = 'journal.jsonl', *, fsync: bool = True):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -244,8 +259,18 @@ class Journal:
         line = (json.dumps(e, separators=(',', ':'), default=str) + '\n').encode()
         with self._lock:
             if e['key'] in self.entries: return
-            self._f.write(line); self._f.flush()
-            if self.fsync: os.fsync(self._f.fileno())
+            pos = self._f.tell()
+            try:
+                self._f.write(line); self._f.flush()
+                if self.fsync: os.fsync(self._f.fileno())
+            except OSError as err:
+                try: self._f.truncate(pos)  # no torn line left behind
+                except OSError: pass
+                if disk_full(err):
+                    raise FileError(err.errno, f"the disk holding {self.folder} is full; the crawl stopped and its "
+                                               f"journal keeps every finished task. Fix: free space, then run the same "
+                                               f"command again: it resumes.") from None
+                raise
             self.entries[e['key']] = e
 
     def records(self) -> pd.DataFrame:
@@ -328,3 +353,87 @@ def run_tasks(roots: list, # JSON-able task dicts, each with a stable, unique 'k
     written, unique = journal.n_records()
     return {'tasks': len(seen), 'fetched': fetched, 'replayed': replayed, 'records': written, 'unique': unique,
             'depth': depth, 'seconds': round(time.monotonic() - t0, 3)}
+
+
+RECORD_COLUMNS = ('id', 'source', 'lat', 'lon', 'url', 'captured_at', 'sequence')  # every source has these
+
+
+def save_records(df: pd.DataFrame, # records with at least `RECORD_COLUMNS` (lat, lon WGS84 degrees)
+                 path, # a .parquet file
+                ) -> Path:
+    "Save crawl records as GeoParquet (the columns plus a point `geometry`, EPSG:4326), atomically."
+    import geopandas as gpd
+    missing = [c for c in RECORD_COLUMNS if c not in df.columns]
+    if missing: raise ValueError(f'records lack the column(s) {missing} of the record schema {list(RECORD_COLUMNS)}.')
+    g = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df['lon'], df['lat']), crs=4326)
+    with atomic_path(path) as tmp: g.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds').replace('+00:00', 'Z')
+
+
+class Crawl:
+    """The outline both crawlers follow in their output folder: `crawl.json` (one schema), the journal, the records.
+
+    `crawl.json` holds `{"schema", "source", "settings", "api_url", "started", "finished", "summary"}`. The settings
+    are what makes two runs the same crawl; a rerun with other settings is refused (naming them), one with the same
+    settings resumes from the journal. Keys in `pinned` may be left `None` by a rerun: they take the saved value (a
+    crawl's "until now" stays the first run's now). `out=None` crawls in a temporary folder removed at `close`."""
+    SCHEMA = 1
+    def __init__(self, out, source: str, settings: dict, *, pinned=(), api_url: str = ''):
+        self.source, self.temporary = source, out is None
+        self.folder = Path(tempfile.mkdtemp(prefix=f'geoloc-{source}-')) if out is None else Path(out).expanduser()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.manifest = self.folder / 'crawl.json'
+        settings = json.loads(json.dumps(settings, default=str))
+        if self.manifest.exists(): self.state = self._resume(settings, pinned)
+        else: self.state = {'schema': self.SCHEMA, 'source': source, 'settings': settings, 'api_url': redact(api_url),
+                            'started': _now(), 'finished': None, 'summary': None}
+        self._write()
+        self.journal = Journal(self.folder)
+
+    @property
+    def settings(self) -> dict: return self.state['settings']
+
+    def _resume(self, new: dict, pinned) -> dict:
+        old = read_json(self.manifest, what=f'the {self.source} crawl manifest',
+                        fix=f'delete {self.manifest} (the journal beside it is kept) and run the same command again.')
+        if old.get('source') != self.source or 'settings' not in old:
+            raise ValueError(f"{self.folder} holds {'a ' + str(old.get('source')) if old.get('source') else 'another'} "
+                             f"crawl, not a {self.source} one. Fix: pass another out folder.")
+        saved = old['settings']
+        merged = {**new, **{k: saved[k] for k in pinned if k in saved and new.get(k) is None}}
+        diff = sorted(k for k in set(saved) | set(merged) if saved.get(k) != merged.get(k))
+        if diff:
+            raise ValueError(f"{self.folder} holds a {self.source} crawl with other settings ({', '.join(diff)}: "
+                             f"{ {k: saved.get(k) for k in diff} } there). Fix: pass another out folder, or delete "
+                             f"{self.folder} to start over.")
+        return {**old, 'settings': saved}
+
+    def pin(self, key: str, value):
+        "Fix a setting on the first run (e.g. the crawl's end time), saved so that reruns take it."
+        self.state['settings'][key] = value
+        self._write()
+
+    def _write(self):
+        if not self.temporary: write_json(self.manifest, self.state)
+
+    def run(self, roots: list, fetch, **kwargs) -> dict:
+        "`run_tasks` over this crawl's journal."
+        return run_tasks(roots, fetch, journal=self.journal, **kwargs)
+
+    def save(self, df: pd.DataFrame, summary: dict) -> Path | None:
+        "Write records.parquet and the summary into crawl.json (nothing for a temporary crawl)."
+        self.state.update(finished=_now(), summary=json.loads(json.dumps(summary, default=str)))
+        if self.temporary: return None
+        save_records(df, self.folder / 'records.parquet')
+        self._write()
+        return self.folder / 'records.parquet'
+
+    def close(self):
+        self.journal.close()
+        if self.temporary: shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()

@@ -14,12 +14,13 @@ import shapely
 import torch
 from PIL import Image
 
-from geoloc.analysis import (PAPER_TABLE1, Predictions, analyze, compare_splits, confusion, district_distance_km,
+from geoloc.analysis import (PAPER_TABLE1, Predictions, analyze, confusion, district_distance_km,
                              evaluate, expected_calibration_error, geo_errors, geo_metrics, majority_baseline,
                              model_name, per_class_report, plot_confusion, plot_curves, plot_distribution,
                              plot_geo_errors, plot_reliability, read_predictions, reliability, results_markdown,
                              results_table, show_predictions, softmax, splits_table, topk_accuracy, training_time)
 from geoloc.cli import main
+from geoloc.pipeline import compare_splits
 from geoloc.geojson import load_areas
 
 GEOLOC = [sys.executable, '-m', 'geoloc.cli']
@@ -366,7 +367,8 @@ def test_analyze_cli_errors(tmp_path, capsys):
 
 def test_a_real_training_run_is_analysed(tmp_path):
     "The training stage's own run folder (a tiny CPU FocalNet) goes through `analyze` unchanged."
-    from geoloc.train import TrainConfig, toy_dataset, train
+    from geoloc.sim import toy_dataset
+    from geoloc.train import TrainConfig, train
     torch.set_num_threads(1)   # 2 shared cores: two threads fight and run many times slower
     data = toy_dataset(tmp_path / 'toy', n_classes=4, per_class=20, size=40)
     cfg = TrainConfig.fast('focalnet_pico_srf', epochs=2, warmup_epochs=1, bs=16, size=32, resize=40, mixup=0, cutmix=0,

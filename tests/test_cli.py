@@ -55,5 +55,5 @@ def test_areas_offline_error_is_one_clear_line(tmp_path):
 
 
 def test_main_in_process(tmp_path, capsys):
-    assert main(['areas', '--out', str(tmp_path)]) == 0
+    assert main(['areas', '--city', 'synthetic', '--out', str(tmp_path)]) == 0
     assert (tmp_path / 'map.png').stat().st_size > 10_000

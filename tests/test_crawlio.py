@@ -106,7 +106,7 @@ def test_timeouts_are_retried(server):
     server.script['/slow'] = [('sleep', 1.5)]
     c = client(server, timeout=0.3)
     assert c.get_json('slow')['path'].startswith('/slow')
-    assert c.stats['errors:ReadTimeout'] == 1
+    assert c.stats['errors:Timeout'] == 1
 
 
 def test_check_callback_turns_a_200_into_a_retry(server):

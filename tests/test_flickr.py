@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import shapely
 
-from geoloc.emulator import FLICKR_KEY, Emulator, Faults, synthetic_world
+from geoloc.sim import FLICKR_KEY, Emulator, Faults, synthetic_world
 from geoloc.flickr import CAP, crawl_photos, paper_keywords
-from geoloc.geojson import city_boundary, synthetic_city
+from geoloc.geojson import city_boundary
+from geoloc.sim import synthetic_city
 
 GEOLOC = [sys.executable, '-m', 'geoloc.cli']
 # every kind of trouble Flickr has: code 105 at HTTP 200, 429 (Retry-After 0 s), 5xx, dropped connections,
@@ -164,4 +165,4 @@ def test_cli_authors_keywords_runs_their_exact_list(city, tmp_path, monkeypatch)
     df = pd.read_parquet(tmp_path / 'a' / 'records.parquet')
     assert set(df['query']) <= set(AUTHORS_BCN_KEYWORDS)
     saved = json.loads((tmp_path / 'a' / 'crawl.json').read_text())
-    assert saved['keywords'] == AUTHORS_BCN_KEYWORDS
+    assert saved['settings']['keywords'] == AUTHORS_BCN_KEYWORDS

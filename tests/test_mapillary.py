@@ -21,8 +21,8 @@ import pytest
 import shapely
 
 from geoloc.crawlio import ApiError, TokenRejected
-from geoloc.emulator import MAPILLARY_TOKEN, Emulator, Faults, World, synthetic_world
-from geoloc.geojson import synthetic_city
+from geoloc.sim import MAPILLARY_TOKEN, Emulator, Faults, World, synthetic_world
+from geoloc.sim import synthetic_city
 from geoloc.mapillary import (COLUMNS, as_area, clip_box, cover_boxes, crawl_boxes, crawl_images, images_frame,
                               kd_cells, mapillary_cli, parse_images, quadtree_requests, _time_split)
 
@@ -254,7 +254,7 @@ def test_sigkill_three_times_then_resume(clean, city, tmp_path):
 
 def test_another_crawl_in_the_same_folder_is_refused(clean, city):
     out = clean[3]
-    with pytest.raises(ValueError, match='holds another crawl'):
+    with pytest.raises(ValueError, match='holds a mapillary crawl with other settings'):
         crawl_images(city[1], MAPILLARY_TOKEN, base_url='http://127.0.0.1:9', out=out, limit=LIMIT + 1, progress=False)
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from geoloc.emulator import FLICKR_KEY, MAPILLARY_TOKEN, Emulator, synthetic_world
-from geoloc.geojson import synthetic_city
+from geoloc.sim import FLICKR_KEY, MAPILLARY_TOKEN, Emulator, synthetic_world
+from geoloc.sim import synthetic_city
 from geoloc.pipeline import PipelineConfig, load_config, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,8 @@ from PIL import Image
 
 from geoloc.predict import (Geolocator, ImageError, decode_image, district_centroids, image_sources, prediction_map,
                             read_image, to_geojson, write_predictions)
-from geoloc.train import TrainConfig, load_run, predict_logits, toy_dataset, train
+from geoloc.sim import toy_dataset
+from geoloc.train import TrainConfig, load_run, predict_logits, train
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOLOC = [sys.executable, '-m', 'geoloc.cli']
@@ -107,7 +108,7 @@ def test_read_image_files_and_urls(tmp_path, serve_folder):
     assert read_image(f'{base}/a.jpg')[:3] == b'\xff\xd8\xff'
     for src, reason in [(f'{base}/missing.jpg', 'HTTP 404'), (str(tmp_path / 'missing.jpg'), 'file not found'),
                         (str(tmp_path / 'empty.jpg'), 'empty file'), (str(tmp_path), 'a folder without image files'),
-                        ('http://127.0.0.1:9/x.jpg', 'connection failed')]:
+                        ('http://127.0.0.1:9/x.jpg', 'connection refused')]:
         with pytest.raises(ImageError) as e: read_image(src, timeout=5)
         assert str(e.value) == reason, src
     with pytest.raises(ImageError, match='too large'): read_image(str(tmp_path / 'a.jpg'), max_bytes=5)
@@ -175,8 +176,8 @@ def test_geojson_polygons_with_probabilities(geo, photos):
 
 
 def _chromium():
-    exe = shutil.which('chromium') or shutil.which('chromium-browser')
-    if not exe: pytest.skip('chromium is not installed (scripts/ensure-venv.sh installs it where apt is available)')
+    exe = os.environ.get('GEOLOC_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser')
+    if not exe: pytest.skip('chromium is not installed (apt-get install chromium, or set GEOLOC_CHROMIUM)')
     return exe
 
 

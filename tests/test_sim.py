@@ -16,9 +16,10 @@ import pytest
 import requests
 from PIL import Image
 
-from geoloc.emulator import (BCN_FLICKR, BCN_MAPILLARY, FLICKR_KEY, MAPILLARY_TOKEN, WORLD_NOW, Emulator, Faults,
+from geoloc.sim import (BCN_FLICKR, BCN_MAPILLARY, FLICKR_KEY, MAPILLARY_TOKEN, WORLD_NOW, Emulator, Faults,
                              World, barcelona_world, synthetic_world)
-from geoloc.geojson import load_areas, synthetic_city
+from geoloc.geojson import load_areas
+from geoloc.sim import synthetic_city
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -185,18 +186,26 @@ def test_render_deterministic_and_sized(world):
     assert world.image_size('flickr', fid, 'original') == tuple(world.flickr.loc[0, ['o_width', 'o_height']])
 
 
-def test_render_block_jpeg_matches_pil(world):
-    "Thumbnails that are whole multiples of the base render come from the fast DC-only JPEG writer: same picture."
+def test_render_looks_like_its_scene_at_real_photo_sizes(world):
+    """Thumbnails are textured like real photos (100-400 kB per 1024 px JPEG, detail at every scale) and, seen from
+    afar (1/32 of the size), show the scene the world drew for that image: its district's colours and layout."""
     for iid in world.mapillary['id'][::2000]:
         for size in (1024, 2048):
             data = world.render('mapillary', iid, size)
             im = Image.open(io.BytesIO(data)); im.load()
             assert im.size == world.image_size('mapillary', iid, size)
-            base = Image.fromarray(world._mapillary_pixels(iid, im.size[0] / im.size[1]))
-            up = base.resize(im.size, Image.NEAREST)
-            luma = np.abs(np.asarray(im.convert('L'), np.float32) - np.asarray(up.convert('L'), np.float32)).mean()
-            rgb = np.abs(np.asarray(im.convert('RGB'), np.float32) - np.asarray(up, np.float32)).mean()
-            assert luma < 2 and rgb < 10, (luma, rgb)  # luma exact but for clipping; chroma at 1/16 resolution
+            w, h = im.size
+            assert 0.12 < len(data) / (w * h) < 0.5, len(data) / (w * h)   # bytes per pixel of real street photos
+            small = (w // 32, h // 32)
+            seen = np.asarray(im.convert('RGB').resize(small, Image.BOX), np.float32)
+            def far(i): return np.abs(seen - np.asarray(Image.fromarray(world._mapillary_pixels(i, w / h))
+                                                         .resize(small, Image.BOX), np.float32)).mean()
+            own, other = far(iid), far(world.mapillary['id'].iat[(world.mapillary['id'] == iid).argmax() + 1000])
+            assert own < 16 and own < other / 2, (own, other)
+            g = np.asarray(im.convert('L'), np.float32)
+            assert np.abs(np.diff(g, axis=1)).mean() > 2   # texture within blocks, not flat 8x8 tiles
+    plain = world.render('mapillary', world.mapillary['id'].iat[0], 1024, realistic=False)
+    assert len(plain) < len(world.render('mapillary', world.mapillary['id'].iat[0], 1024)) / 2
 
 
 def _pixels(world, source, ids, size=64):

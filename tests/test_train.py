@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from geoloc.train import (METRICS, TrainConfig, dataloaders, focalnet_learner, load_run, predict_logits, toy_dataset,
+from geoloc.sim import toy_dataset
+from geoloc.train import (METRICS, TrainConfig, dataloaders, focalnet_learner, load_run, predict_logits,
                           train)
 
 ROOT = Path(__file__).resolve().parents[1]
