@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (see README):
 #   make demo   runs the main job on the embedded default (no internet, no keys)
-#   make test   checks the package is in sync with the notebooks, runs the notebooks' tests and pytest
+#   make test   checks the package is in sync with the notebooks, runs nbdev's doc processing, the notebooks' tests and pytest
 # Each one alone sets up .venv; the install is skipped while pyproject.toml is unchanged.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 
-.PHONY: demo test venv export-check nbtest pytest clean-venv
+.PHONY: demo test venv export-check docs-check nbtest pytest clean-venv
 
 venv:
 	@bash scripts/ensure-venv.sh "$(PYTHON)" "$(VENV)"
@@ -22,13 +22,16 @@ demo: venv
 export-check: venv
 	@bash scripts/check-export.sh "$(BIN)"
 
+docs-check: venv
+	$(BIN)/python scripts/check-docs.py
+
 nbtest: venv
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: venv
 	$(BIN)/python -m pytest tests/
 
-test: export-check nbtest pytest
+test: export-check docs-check nbtest pytest
 
 clean-venv:
 	rm -rf $(VENV)

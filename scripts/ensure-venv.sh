@@ -3,11 +3,11 @@
 set -euo pipefail
 python=${1:-python3}; venv=${2:-.venv}
 stamp="$venv/.install-stamp"
-# Headless Chromium opens the prediction map in tests/test_predict.py (which skips without it); best effort, quiet.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "Installing chromium (headless browser for the map test)"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
-    >/dev/null 2>&1 || echo "chromium could not be installed: the map's browser test will be skipped"
+# Headless Chromium opens the prediction map in tests/test_predict.py (which skips without it). Nothing is installed
+# on the system from here: say how to get it.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "note: no chromium on PATH, so the map's browser test will be skipped."
+  echo "      To run it: sudo apt-get install chromium   (Debian/Ubuntu; or set GEOLOC_CHROMIUM to a Chromium binary)"
 fi
 key=$( { cat pyproject.toml; "$python" --version 2>&1; } | sha256sum | cut -d' ' -f1)
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ] \
