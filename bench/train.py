@@ -66,6 +66,7 @@ class SyntheticLoader(DataLoader):
     def __init__(self, x, y, n_batches, vocab):
         self.x, self.y, self.nb, self.vocab = x, y, n_batches, vocab
         super().__init__(None, bs=len(x), n=n_batches * len(x), device=x.device)
+        self.dataset = ImageItems([], vocab=list(vocab))  # what the learner reads the classes from
     def __len__(self): return self.nb
     def __iter__(self):
         for _ in range(self.nb): yield self.x.clone(), self.y
@@ -139,7 +140,7 @@ def main():
     t = time.perf_counter()
     ds = folder / 'ds'
     if not (ds / 'dataset.parquet').exists(): make_files(ds, a.images, a.resize)
-    print(f'{a.images} JPEG files (geoloc.emulator street frames), short side {a.resize} px, in {folder} '
+    print(f'{a.images} JPEG files (geoloc.sim street frames), short side {a.resize} px, in {folder} '
           f'({time.perf_counter() - t:.0f} s to write)')
     res = {}
     cpu, n, kb = cpu_pipeline(ds)
@@ -154,11 +155,13 @@ def main():
         return
     workers = a.workers if a.workers is not None else min(16, os.cpu_count() or 1)
     common = dict(arch=a.arch, size=a.size, resize=a.resize, workers=workers, epochs=50)
-    fast = TrainConfig.fast(bs=a.bs, **common)
+    n_train = len(read_dataset(ds)[0].query("split == 'train'"))
+    bs = min(a.bs, max(8, n_train // 4))  # a few batches per epoch even on a small file set
+    if bs != a.bs: print(f'(batch {bs} instead of {a.bs}: only {n_train} training files)')
+    fast = TrainConfig.fast(bs=bs, **common)
     paper = TrainConfig.paper(**common)
     if device.type == 'cpu': fast.compile = False
     steps, warm = a.steps, 10 if device.type == 'cuda' else 1
-    n_train = len(read_dataset(ds)[0].query("split == 'train'"))
     epochs_for = lambda c, s: int(np.ceil((warm + s) * c.bs / (n_train // c.bs * c.bs))) + 1
     # 1. model-only: the fast learner, synthetic tensors on the device
     dls = dataloaders(ds, fast, device=device)

@@ -158,18 +158,45 @@ def test_compiled_fit_still_saves_and_exports(toy, tmp_path):
     np.testing.assert_allclose(logits.numpy(), np.stack(preds.logits), atol=1e-4)
 
 
-def test_two_processes_gloo_under_accelerate_launch(toy, tmp_path):
-    "The same `geoloc train` under `accelerate launch` with two CPU processes (gloo): rank 0 writes one run folder."
+def test_two_processes_gloo_under_accelerate_launch(tmp_path):
+    """The same `geoloc train` under `accelerate launch` with two CPU processes (gloo): rank 0 writes one run folder.
+    Defect 6: with fastai's DistributedDL the ranks lost their prefetch and padded validation batches were counted
+    twice. Here 25 validation images (odd, and not a multiple of the batch): each epoch's metrics count each once,
+    and both ranks prefetched every batch."""
+    odd = toy_dataset(tmp_path / 'odd', n_classes=5, per_class=25, size=80, images='stripes', seed=4)
+    n_valid = int((pd.read_parquet(odd / 'dataset.parquet').split == 'valid').sum())
+    assert n_valid % 2 == 1 and n_valid % 16
     out = tmp_path / 'ddp'
     accelerate = Path(sys.executable).parent / 'accelerate'
     r = subprocess.run([str(accelerate), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1',
                         '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(_free_port()),
-                        '-m', 'geoloc.cli', 'train', '--dataset', str(toy), '--epochs', '2', '--out', str(out), *CLI_TINY],
+                        '-m', 'geoloc.cli', 'train', '--dataset', str(odd), '--epochs', '2', '--out', str(out), *CLI_TINY],
                        cwd=ROOT, env=_env(ACCELERATE_USE_CPU='1'), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     s = json.loads((out / 'summary.json').read_text())
     assert s['world'] == 2 and s['epochs'] == 2
-    assert pd.read_csv(out / 'metrics.csv').epoch.tolist() == [0, 1]
-    assert r.stdout.count('top-1') == 1                               # only rank 0 reports
-    assert len(pd.read_parquet(out / 'predictions.parquet')) == 48      # the whole validation split, once
+    m = pd.read_csv(out / 'metrics.csv')
+    assert m.epoch.tolist() == [0, 1]
+    assert m.valid_images.tolist() == [n_valid, n_valid]                 # each validation image counted once
+    assert m.top1.iloc[-1] == pytest.approx(s['top1'], abs=1e-6)       # the same as over the whole split, once each
+    assert r.stdout.count('top-1') == 1                                  # only rank 0 reports
+    preds = pd.read_parquet(out / 'predictions.parquet')
+    assert len(preds) == n_valid and preds.id.is_unique                  # the whole validation split, once
+    loaders = s['loaders']
+    assert [x['rank'] for x in loaders] == [0, 1]
+    n_train = int((pd.read_parquet(odd / 'dataset.parquet').split == 'train').sum())
+    per_rank = -(-n_train // 2) // 16                                    # drop_last batches per rank and epoch
+    assert all(x['train_prefetched'] == 2 * per_rank for x in loaders), loaders   # every batch through the prefetcher
+
+
+def test_cpu_runs_do_not_compile_unless_asked(toy):
+    "Defect 7: the fast preset compiled on the CPU (first epoch 99 s, the next 3 s). 'auto' compiles on CUDA only."
+    from geoloc.train import CompileModel
+    cfg = TrainConfig.fast(bs=16, **TINY)
+    assert cfg.compile == 'auto' and cfg.compiles(cuda=True) and not cfg.compiles(cuda=False)
+    learn = focalnet_learner(dataloaders(toy, cfg, device='cpu'), cfg)
+    assert not any(isinstance(cb, CompileModel) for cb in learn.cbs)
+    forced = TrainConfig.fast(bs=16, compile=True, **TINY)
+    assert forced.compiles(cuda=False)
+    assert any(isinstance(cb, CompileModel) for cb in focalnet_learner(dataloaders(toy, forced, device='cpu'), forced).cbs)
