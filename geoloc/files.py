@@ -31,6 +31,7 @@ MARKER = '.geoloc-made'  # the marker file inside a folder geoloc made: JSON {"b
 
 class FileError(OSError):
     "A file geoloc reads or writes is unusable (corrupt, or the disk is full); the message names the file and the fix."
+    def __str__(self): return str(self.strerror) if self.strerror else super().__str__()  # no "[Errno 28]" prefix
 
 
 def _umask() -> int:

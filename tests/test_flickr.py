@@ -18,7 +18,8 @@ from geoloc.sim import synthetic_city
 GEOLOC = [sys.executable, '-m', 'geoloc.cli']
 # every kind of trouble Flickr has: code 105 at HTTP 200, 429 (Retry-After 0 s), 5xx, dropped connections,
 # truncated or HTML bodies
-FAULTS = dict(p_unavailable=0.08, p429=0.06, retry_after=0, p5xx=0.06, p_drop=0.05, p_malformed=0.06)
+FAULTS = dict(p_unavailable=0.08, p_search_unavailable=0.05, p429=0.06, retry_after=0, p5xx=0.06, p_drop=0.05,
+              p_malformed=0.06)  # p_search_unavailable: code 10, as recorded (tests/fixtures/recorded)
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +85,7 @@ def test_clean_crawl_finds_every_photo_once(city, world, clean):
 
 
 def test_faults_change_nothing(city, world, clean, tmp_path):
-    """With 105s, 429s, 5xx, drops and malformed bodies mixed in (about 30% of answers), both modes give exactly
+    """With 105s, code 10s, 429s, 5xx, drops and malformed bodies mixed in (about a third of answers), both modes give exactly
     the clean run's records."""
     areas = city[0]
     with Emulator(world, faults=Faults(**FAULTS, seed=3)) as emu:

@@ -143,3 +143,15 @@ def test_expired_thumbnails_are_re_resolved_and_the_token_stays_secret(tmp_path,
     secret = MAPILLARY_TOKEN.encode()
     assert secret not in (r.stdout + r.stderr).encode()
     assert not [f for f in folder.rglob('*') if f.is_file() and secret in f.read_bytes()]
+
+
+def test_ids_never_share_a_file(tmp_path):
+    "Ids that differ only by characters a file name cannot hold get their own files; one id with two URLs is refused."
+    from geoloc.labeling import LabelingError, image_path
+    ids = ['a/b', 'a_b', 'a\0b', '.x', 'x', 'X']
+    assert len({image_path('flickr', i) for i in ids}) == len(ids)
+    assert all('/' not in p.split('images/flickr/')[1] for p in (image_path('flickr', i) for i in ids))
+    ds = pd.DataFrame({'id': ['42', '42'], 'source': 'flickr', 'url': ['http://127.0.0.1:9/a.jpg', 'http://127.0.0.1:9/b.jpg']})
+    with pytest.raises(LabelingError, match='two different URLs'):
+        download_images(ds, tmp_path, progress=False)
+    assert not list((tmp_path / 'images').rglob('*.jpg'))

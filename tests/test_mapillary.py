@@ -146,11 +146,11 @@ def test_fewer_box_searches_than_quartering(clean, city):
 
 def test_faults_give_the_same_result(clean, city):
     _, areas, world = city
-    faults = Faults(p429=0.05, retry_after=1, p5xx=0.03, p_drop=0.02, p_malformed=0.01, seed=11)
+    faults = Faults(p429=0.05, p403_throttle=0.03, retry_after=1, p5xx=0.03, p_drop=0.02, p_malformed=0.01, seed=11)
     with Emulator(world, faults=faults) as emu:
         df = crawl_images(areas, MAPILLARY_TOKEN, base_url=emu.mapillary_url, limit=LIMIT, progress=False)
         stats = emu.stats()
-    for kind in ('p429', 'p5xx', 'p_drop', 'p_malformed'): assert stats.get(f'faults.{kind}', 0) > 0, kind
+    for kind in ('p429', 'p403_throttle', 'p5xx', 'p_drop', 'p_malformed'): assert stats.get(f'faults.{kind}', 0) > 0, kind
     assert df.attrs['summary']['retries'] > 0
     pd.testing.assert_frame_equal(comparable(df), comparable(clean[0]))
 
@@ -324,11 +324,14 @@ def test_cli(clean, city, tmp_path):
         mapillary_cli(city=str(path), token_env='NOT_SET_ANYWHERE', out=str(tmp_path / 'unset'))
 
 
-def test_dense_box_timeouts_are_split_not_retried(city, truth, tmp_path):
-    "Boxes matching more than `dense_above` images time out (HTTP 500, code 1) every time: they are split at once."
+@pytest.mark.parametrize('kind', ['message', 'user_msg', '504'])
+def test_dense_box_timeouts_are_split_not_retried(city, truth, tmp_path, kind):
+    """Boxes matching more than `dense_above` images fail every time, in each of the real API's shapes (500 code 1,
+    the hint only in error_user_msg, a 504): they are split at once."""
     _, areas, world = city
-    with Emulator(world, faults=Faults(dense_above=3 * LIMIT)) as emu:
+    with Emulator(world, faults=Faults(dense_above=3 * LIMIT, dense_kind=kind)) as emu:
         df = crawl_images(areas, MAPILLARY_TOKEN, base_url=emu.mapillary_url, out=tmp_path, limit=LIMIT, progress=False)
         stats = emu.stats()
     assert set(df['id']) == truth and df['id'].is_unique
-    assert stats.get('status.mapillary.search.500', 0) > 0  # dense boxes were met (and, never healing, split)
+    status = 504 if kind == '504' else 500
+    assert stats.get(f'status.mapillary.search.{status}', 0) > 0  # dense boxes were met (and, never healing, split)

@@ -26,6 +26,13 @@ class Faults:
     p404_image:float=0.0 # images: probability that an image is gone (404, for good: decided per image, not per try)
     p_unavailable:float=0.0 # Flickr: `stat: fail` code 105 at HTTP 200; Mapillary: HTTP 500 Graph code 2
     dense_above:int=0 # Mapillary: bbox searches matching more images than this time out (HTTP 500, code 1); 0 = off
+    dense_kind:str='message' # how a dense box fails: 'message' (500 code 1), 'user_msg' (hint only in error_user_msg, subcode 99), '504', 'slow' (no answer for dense_sleep s)
+    dense_sleep:float=5.0 # 'slow' dense boxes: seconds before the (too late) answer
+    short_full:float=0.0 # Mapillary: a search matching more than `limit` answers this share of `limit` rows (0.9675: 1,935 of 2,000), half of them with a paging.next; 0 = off
+    token_as_500:bool=False # Mapillary: a bad token is answered HTTP 500 code 190 (as the real API sometimes does), not 401
+    p403_throttle:float=0.0 # Mapillary: probability of HTTP 403 "Application request limit reached", code 4, is_transient
+    p_search_unavailable:float=0.0 # Flickr: probability of `stat: fail` code 10 ("search API is not currently available") at HTTP 200
+    p_missing_size:float=0.0 # Flickr: probability that a photo lacks the url_<size> extras asked for (only the sizes Flickr has)
     seed:int=0 # fault seed
 
     def roll(self, kind: str, key: str, attempt: int) -> bool:
@@ -41,5 +48,7 @@ class Faults:
             k, _, v = part.partition('=')
             k = k.strip()
             if k not in names: raise ValueError(f'unknown fault {k!r} in {spec!r}. Fix: use {", ".join(names)}.')
-            kw[k] = int(v) if names[k] in ('int', int) else float(v)
+            t = names[k]
+            kw[k] = (int(v) if t in ('int', int) else v.strip() if t in ('str', str)
+                     else v.strip().lower() in ('1', 'true', 'yes') if t in ('bool', bool) else float(v))
         return cls(**kw)

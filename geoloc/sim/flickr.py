@@ -14,7 +14,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from .server import Resp, Service, text_resp
+from .server import json_resp, Resp, Service, text_resp
 from .world import FLICKR_SIZES, SECRET_PARAMS, SUFFIX_SIZE, clean_tag, fold, u01
 
 __all__ = ['FlickrService', 'FlickrFail', 'to_xml']
@@ -60,6 +60,10 @@ class FlickrService(Service):
 
     def unavailable(self, params):
         return self.fail_resp(params, 105, 'Service currently unavailable')
+
+    def search_unavailable(self):
+        "flickr.photos.search's temporary outage: `stat: fail` code 10 at HTTP 200 (JSON: what the crawlers ask for)."
+        return json_resp(200, {'stat': 'fail', 'code': 10, 'message': 'Sorry, the Flickr search API is not currently available.'})
 
     # -------------------------------------------------------------------------------------------- responses
     def fmt(self, params, obj, stat_ok=True) -> Resp:
@@ -262,10 +266,13 @@ class FlickrService(Service):
                            geo_is_public=1)
         if 'o_dims' in extras or 'url_o' in extras:
             p['o_width'], p['o_height'] = num(int(df['o_width'].iat[r])), num(int(df['o_height'].iat[r]))
+        F = self.emu.faults  # some photos lack the larger sizes (decided per photo: it is a property of the photo)
+        small_only = F.p_missing_size > 0 and u01(F.seed, 'missing_size', df['id'].iat[r]) < F.p_missing_size
         for e in extras:
             if e in FLICKR_SIZES:
                 suffix, size = FLICKR_SIZES[e]
                 if suffix == '_o' and not df['can_download'].iat[r]: continue
+                if small_only and (size is None or size > 500): continue
                 w, hh = self.world.image_size('flickr', df['id'].iat[r], 'original' if size is None else size)
                 s = e[4:]
                 p[e], p[f'height_{s}'], p[f'width_{s}'] = self.url(base, r, e), num(hh), num(w)

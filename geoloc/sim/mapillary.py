@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .server import Resp, Service, graph_error_resp, text_resp
-from .world import MLY_FIELDS, MLY_THUMBS
+from .world import MLY_FIELDS, MLY_THUMBS, u01
 
 __all__ = ['MapillaryService', 'iso_ms']
 
@@ -25,9 +25,12 @@ class MapillaryService(Service):
         if path.rstrip('/') in ('/images', '/v4/images'): return 'search', False
         return 'entity', False
 
-    def throttled(self):
+    def throttled(self, status=429):
+        "The Graph API's rate-limit answer: code 4, is_transient; as 429 (Retry-After) or, as the real API also does, 403."
         ra = self.emu.faults.retry_after
-        return graph_error_resp(429, 'Application request limit reached', 4, subcode=None, headers={'Retry-After': ra})
+        r = graph_error_resp(status, 'Application request limit reached', 4, type_='OAuthException', transient=True,
+                             headers={'Retry-After': ra} if status == 429 else None)
+        return r
 
     def server_error(self, h):
         status = (500, 502, 503, 504)[h % 4]
@@ -47,6 +50,9 @@ class MapillaryService(Service):
         if token is None:
             return graph_error_resp(401, 'An access token is required to request this resource.', 104, 'OAuthException')
         if not hmac.compare_digest(token.encode(), self.emu.mapillary_token.encode()):
+            if self.emu.faults.token_as_500:  # the real API sometimes answers a bad token with a 500
+                return graph_error_resp(500, 'Error validating access token: Session has expired.', 190,
+                                        'OAuthException', subcode=463)
             return graph_error_resp(401, 'Invalid OAuth access token - Cannot parse access token', 190, 'OAuthException')
         fields = [f.strip() for f in (params.get('fields') or 'id').split(',') if f.strip()] or ['id']
         bad = [f for f in fields if f not in MLY_FIELDS]
@@ -100,15 +106,35 @@ class MapillaryService(Service):
             idx = idx[(m['captured_at'][idx] >= t0) & (m['captured_at'][idx] <= t1)]
         if 'is_pano' in params: idx = idx[m['is_pano'][idx] == (params['is_pano'].lower() == 'true')]
         if 'creator_username' in params: idx = idx[m['creator'][idx] == params['creator_username']]
-        if emu.faults.dense_above and len(idx) > emu.faults.dense_above:
-            return graph_error_resp(500, "Please reduce the amount of data you're asking for, then retry your request",
-                                1, type_='OAuthException')
+        F = emu.faults
+        if F.dense_above and len(idx) > F.dense_above: return self.dense(F)
         rank = m['rank'][idx]
-        if len(idx) > limit:
-            top = np.argpartition(rank, limit - 1)[:limit]
+        more = len(idx) > limit
+        cap = max(1, int(F.short_full * limit)) if F.short_full and more else limit  # "full" with fewer rows
+        if len(idx) > cap:
+            top = np.argpartition(rank, cap - 1)[:cap]
             idx, rank = idx[top], rank[top]
         idx = idx[np.argsort(rank, kind='stable')]
-        return Resp(200, ('{"data":' + self.rows_json(idx, fields, base) + '}').encode())
+        cut = F.short_full and more and len(idx) < min(limit, len(m['rank']))
+        with_next = cut and u01(F.seed, 'paging', params.get('bbox', '')) < 0.5  # some short answers say so, not all
+        paging = ',"paging":{"next":"' + base + '/images?after=' + str(len(idx)) + '"}' if with_next else ''
+        return Resp(200, ('{"data":' + self.rows_json(idx, fields, base) + paging + '}').encode())
+
+    def dense(self, F):
+        "A box too dense to answer, in the shapes the real API uses (`Faults.dense_kind`)."
+        reduce = "Please reduce the amount of data you're asking for, then retry your request"
+        if F.dense_kind == 'user_msg':
+            r = graph_error_resp(500, 'An unknown error occurred', 1, type_='OAuthException', subcode=99, transient=True)
+            err = json.loads(r.body)
+            err['error'].update(error_user_title='Query too large', error_user_msg=reduce)
+            return Resp(500, json.dumps(err).encode(), r.ctype)
+        if F.dense_kind == '504':
+            return text_resp(504, '<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway '
+                                  'Time-out</h1></center></body></html>', 'text/html')
+        if F.dense_kind == 'slow':
+            time.sleep(F.dense_sleep)  # the client gives up reading first
+            return graph_error_resp(500, reduce, 1, type_='OAuthException', transient=True)
+        return graph_error_resp(500, reduce, 1, type_='OAuthException', transient=True)
 
     def rows(self, idx, fields, base) -> list:
         "The JSON objects of images `idx` with `fields` (the Graph projection)."

@@ -25,8 +25,10 @@ class Resp:
 def json_resp(status, obj, headers=None) -> Resp:
     return Resp(status, json.dumps(obj, ensure_ascii=False, separators=(',', ':')).encode(), headers=headers)
 
-def graph_error_resp(status, message, code, type_='MLYApiException', subcode=None, headers=None) -> Resp:
+def graph_error_resp(status, message, code, type_='MLYApiException', subcode=None, headers=None,
+                     transient=False) -> Resp:
     err = {'message': message, 'type': type_, 'code': code}
+    if transient: err['is_transient'] = True
     if subcode is not None: err['error_subcode'] = subcode
     err['fbtrace_id'] = 'A' + hashlib.sha1(f'{message}{time.time_ns()}'.encode()).hexdigest()[:22]
     return json_resp(status, {'error': err}, headers)
@@ -87,11 +89,14 @@ class Service:
         attempt = emu.attempt(key)
         delay = F.latency + (F.jitter * u01(F.seed, 'jitter', key, attempt) if F.jitter else 0)
         if delay > 0: time.sleep(delay)
-        fault = next((k for k in ('p_drop', 'p429', 'p5xx', 'p_unavailable') if F.roll(k, key, attempt)), None)
+        fault = next((k for k in ('p_drop', 'p429', 'p403_throttle', 'p5xx', 'p_unavailable', 'p_search_unavailable')
+                      if F.roll(k, key, attempt) and self.has_fault(k)), None)
         if fault == 'p_drop': resp = Resp(drop=True)
         elif fault == 'p429': resp = self.throttled()
         elif fault == 'p5xx': resp = self.server_error(h64(F.seed, '5xx', key, attempt))
         elif fault == 'p_unavailable': resp = self.unavailable(params)
+        elif fault == 'p403_throttle': resp = self.throttled(status=403)
+        elif fault == 'p_search_unavailable': resp = self.search_unavailable()
         else:
             try: resp = self.respond(endpoint, path, params, h, key, attempt)
             except Exception as e:  # a bug here must still answer like a server, and be visible in the log
@@ -109,6 +114,11 @@ class Service:
                     (time.perf_counter() - t0) * 1000, 0 if resp.drop else len(resp.body), fault)
         if resp.drop: h.close_connection = True
         else: self._write(h, resp, method)
+
+    def has_fault(self, kind) -> bool:
+        "Whether this service has the fault `kind` (the ones named for one service only apply to it)."
+        return kind not in self.only_for or self.only_for[kind] == self.name
+    only_for = {'p403_throttle': 'mapillary', 'p_search_unavailable': 'flickr'}
 
     def image_fault(self, resp, key, attempt):
         F = self.emu.faults
