@@ -37,7 +37,7 @@ def test_config_files_and_mistakes(tmp_path):
                                      'split = {how = "spatial", block_m = 300}\ntrain = {epochs = 4, bs = 16}\n')
     a = load_config(tmp_path / 'a.yaml')
     assert a.flickr is None and a.mapillary['token_env'] == 'MAPILLARY_TOKEN' and a.split['valid_pct'] == 0.1
-    assert a.split == {'how': 'spatial', 'valid_pct': 0.1, 'seed': 0, 'block_m': 300}
+    assert a.split == {'how': 'spatial', 'valid_pct': 0.1, 'seed': 0, 'block_m': 300, 'buffer_m': 100}
     assert load_config(tmp_path / 'a.toml') == PipelineConfig(**{**a.__dict__, 'flickr': {}})
     for text, msg in [("citty: x\n", "unknown setting(s) ['citty']"), ("download: {sise: 64}\n", "unknown key(s) ['sise']"),
                       ("mapillary: null\nflickr: null\n", 'both sources are off'), ("split: [1]\n", 'must be a mapping'),
