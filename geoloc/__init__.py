@@ -28,6 +28,7 @@ Modules:
 - `geoloc.sim.server`: HTTP plumbing shared by both stand-ins: responses, a threading server that can end its keep-alive connections, and the request pipeline (routing, faults, counters, the request log, one write per response).
 - `geoloc.sim.toy`: Small dataset folders for training lessons, tests and benchmarks, in the labeling stage's layout (`dataset.parquet`, `areas.geojson`, `images/`), written through `geoloc.labeling`'s own writer.
 - `geoloc.sim.world`: The world the API stand-ins serve: Mapillary images and Flickr photos with their metadata, their deterministic JPEGs, and the indexes the servers search. Built by `geoloc.sim.generate`.
+- `geoloc.splits`: Train/validation splits of a dataset and the leakage each leaves: the paper's own split (the authors' download loop), random, by sequence, and spatial with a buffer; k folds; how much each split leaks.
 - `geoloc.train`: Train a FocalNet district classifier with fastai: the paper's recipe as its reference trainer really ran, and the same recipe made fast on one modern GPU."""
 
 __version__ = "0.1.0"

@@ -127,7 +127,7 @@ def test_the_spatial_split_leaks_no_sequence_and_keeps_a_buffer(city_records):
 
 
 def test_flickr_photos_are_grouped_by_owner_and_day(city_records):
-    from geoloc.labeling import _leak_groups
+    from geoloc.splits import _leak_groups
     fl = city_records[city_records.source == 'flickr'].head(300)
     g = _leak_groups(fl)
     assert (g >= 0).all()
