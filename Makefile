@@ -29,7 +29,7 @@ nbtest: venv
 	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: venv
-	$(BIN)/python -m pytest tests/
+	$(BIN)/python -m pytest tests/ --durations=15
 
 test: export-check docs-check nbtest pytest
 

@@ -13,7 +13,7 @@ Modules:
 - `geoloc.images`: Download, verify and resize a dataset's images: concurrent, resumable, each failure kept with its reason, expired Mapillary URLs re-resolved.
 - `geoloc.labeling`: Turn crawl records into a training set: each photo's district, clean rows, train/valid splits that do not leak, and the dataset folder every later stage reads.
 - `geoloc.mapillary`: Crawl every Mapillary image inside a city's polygon from the Graph API's capped bbox search, recursively, concurrently and crash-safely, with all metadata from the search itself.
-- `geoloc.metrics`: The numbers of a run: the paper's top-k accuracy, its validation predictions (or the authors' own eval CSV), confusion, per-class scores, the majority baseline, distances to the predicted district, calibration.
+- `geoloc.metrics`: The numbers of a run: the paper's top-k accuracy, its validation predictions (or the authors' own eval CSV), confusion, per-class scores, the majority baseline, distances to the predicted district, calibration, intervals that resample whole sequences.
 - `geoloc.net`: The one HTTP layer of geoloc: one session factory, one User-Agent, one `redact`, the services' addresses, typed errors, and fetches that end on time and refuse what is too big.
 - `geoloc.pipeline`: One command from a city's name to a report: crawl both sources, label, split, download, train, analyse, place new photos; resumable stage by stage. `geoloc demo` runs it offline on the API stand-ins.
 - `geoloc.predict`: Place new photos on a city's map with a trained district classifier: the top districts with their probabilities, as a CSV, a GeoJSON and a map that a responder opens in a browser.
@@ -29,6 +29,7 @@ Modules:
 - `geoloc.sim.toy`: Small dataset folders for training lessons, tests and benchmarks, in the labeling stage's layout (`dataset.parquet`, `areas.geojson`, `images/`), written through `geoloc.labeling`'s own writer.
 - `geoloc.sim.world`: The world the API stand-ins serve: Mapillary images and Flickr photos with their metadata, their deterministic JPEGs, and the indexes the servers search. Built by `geoloc.sim.generate`.
 - `geoloc.splits`: Train/validation splits of a dataset and the leakage each leaves: the paper's own split (the authors' download loop), random, by sequence, and spatial with a buffer; k folds; how much each split leaks.
+- `geoloc.study`: A declared set of experiments (splits x sources x models x seeds x folds) trained on one dataset folder, resumable per experiment, with one report: every table with 95% intervals from a bootstrap over whole sequences, the leakage of every split, paper-ready figures.
 - `geoloc.train`: Train a FocalNet district classifier with fastai: the paper's recipe as its reference trainer really ran, and the same recipe made fast on one modern GPU."""
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
     'predict': ('geoloc.predict:predict_cli', "Place new photos (files, folders, URLs) in a run's districts: CSV, GeoJSON and an HTML map", ['run', 'images']),
     'pipeline': ('geoloc.pipeline:pipeline_cli', "Run the whole study from a YAML/TOML config: crawl, label, split, download, train, analyse, predict (resumable)", ['config']),
+    'study': ('geoloc.study:study_cli', "Run a study from a config: k folds x splits x sources x models, resumable; tables with 95% intervals", ['config']),
     'demo': ('geoloc.pipeline:demo_cli', "The whole study in one command, offline and without keys: API stand-ins, a small FocalNet, a report", []),
     'emulator': ('geoloc.sim.emulator:emulator_cli', "Serve local Mapillary and Flickr API stand-ins over a synthetic world", []),
 }

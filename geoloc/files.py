@@ -10,6 +10,8 @@ Hand-written (a few lines of careful machinery); tests in `tests/test_files.py`,
   folder can read it.
 - `atomic_path(path)` is the same for writers that want a file name (parquet, GeoJSON drivers, `torch.save`).
 - `read_json(path)` raises `FileError` naming the file and the fix when it holds no valid JSON.
+- `read_config(path)`: the settings of a YAML or TOML config file (a pipeline's, a study's) as a dict, with errors
+  that name the file.
 - `mark_folder` / `owned_by` / `remove_owned`: a folder that geoloc made carries a marker file; only such a folder
   is ever removed, and only by the kind of run that made it.
 """
@@ -23,8 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ['FileError', 'atomic_write', 'atomic_path', 'write_json', 'read_json', 'MARKER', 'mark_folder', 'owned_by',
-           'remove_owned', 'disk_full']
+__all__ = ['FileError', 'atomic_write', 'atomic_path', 'write_json', 'read_json', 'read_config', 'MARKER', 'mark_folder',
+           'owned_by', 'remove_owned', 'disk_full']
 
 MARKER = '.geoloc-made'  # the marker file inside a folder geoloc made: JSON {"by": <kind of run>}
 
@@ -100,6 +102,29 @@ def read_json(path, *, what: str = 'file', fix: str = None):
         state = 'is empty' if not text.strip() else f'is not valid JSON ({e})'
         raise FileError(errno.EINVAL, f"{path} ({what}) {state}. Fix: "
                         + (fix or f"delete {path.name} and run the same command again; it is written anew.")) from None
+
+
+def read_config(path, allowed=None) -> dict:
+    """The settings in a .yaml/.yml or .toml file; a clear ValueError (naming the file) when it is missing or malformed,
+    or holds a top-level setting not in `allowed` (when given)."""
+    p = Path(path).expanduser()
+    if not p.is_file(): raise FileNotFoundError(f"config file {p} not found. Fix: pass a .yaml or .toml file (see "
+                                                "configs/ and `geoloc pipeline --help` or `geoloc study --help`).")
+    text = p.read_text()
+    if p.suffix.lower() == '.toml':
+        try: import tomllib  # Python 3.11+
+        except ModuleNotFoundError: import tomli as tomllib  # Python 3.10: the same parser, as a package
+        try: d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e: raise ValueError(f"{p} is not valid TOML: {e}") from None
+    elif p.suffix.lower() in ('.yaml', '.yml'):
+        import yaml
+        try: d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e: raise ValueError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    else: raise ValueError(f"{p}: a config is a .yaml, .yml or .toml file.")
+    if not isinstance(d, dict): raise ValueError(f"{p} must hold a mapping of settings (name: ..., city: ...).")
+    bad = sorted(set(d) - set(allowed)) if allowed is not None else []
+    if bad: raise ValueError(f"{p}: unknown setting(s) {bad}. Fix: use some of {sorted(allowed)}.")
+    return d
 
 
 def mark_folder(folder, by: str) -> Path:

@@ -65,7 +65,7 @@ def lonlat(x, y):
     return g.x.to_numpy(), g.y.to_numpy()
 
 
-def make_run(root, areas, *, n_per=12, acc=0.7, epochs=3, seed=0, summary=True, name='run'):
+def make_run(root, areas, *, n_per=12, acc=0.7, epochs=3, seed=0, summary=True, name='run', source='mapillary'):
     """A run folder in the training stage's contract, with its dataset folder: points inside each area, tiny JPEGs,
     validation logits that are right for about `acc` of the images."""
     rng = np.random.default_rng(seed)
@@ -79,7 +79,7 @@ def make_run(root, areas, *, n_per=12, acc=0.7, epochs=3, seed=0, summary=True, 
         for i, pt in enumerate(pts):
             iid = f'{k:02d}{i:03d}'
             Image.new('RGB', (24, 18), tuple(int(v) for v in rng.integers(0, 255, 3))).save(ds_dir / 'images' / f'{iid}.jpg')
-            rows.append(dict(id=iid, source='mapillary', lat=pt.y, lon=pt.x, url=f'x://{iid}', sequence=f's{k}-{i // 4}',
+            rows.append(dict(id=iid, source=source, lat=pt.y, lon=pt.x, url=f'x://{iid}', sequence=f's{k}-{i // 4}',
                              district=nm, split='valid' if i % 3 == 0 else 'train', path=f'images/{iid}.jpg', status='ok'))
     ds = pd.DataFrame(rows)
     ds.to_parquet(ds_dir / 'dataset.parquet', index=False)
@@ -116,7 +116,7 @@ def bcn_areas(fixtures_dir):
 def runs(tmp_path_factory, bcn_areas):
     root = tmp_path_factory.mktemp('runs')
     return [make_run(root, bcn_areas, seed=0, name='mapillary-T')[0],
-            make_run(root, bcn_areas, seed=1, acc=0.4, epochs=4, name='flickr-T')[0]]
+            make_run(root, bcn_areas, seed=1, acc=0.4, epochs=4, name='flickr-T', source='flickr')[0]]
 
 
 def png_ok(path, min_bytes=5_000):
@@ -273,7 +273,7 @@ def test_table1_and_names(runs, tmp_path):
     assert '| FocalNet-T | Flickr    | 32.1%            | 83.5%            | 38mins          |' in md
     t = results_table(runs)
     assert t.model.tolist() == ['FocalNet-T', 'FocalNet-T']
-    assert t.dataset.tolist() == ['mapillary-T-dataset', 'flickr-T-dataset']
+    assert t.dataset.tolist() == ['Mapillary', 'Flickr']   # what each learned from, not its folder's name
     assert t.training_time.tolist() == ['35mins', '47mins'] and t.finished.all()
     # an unfinished run (no summary.json yet) is read from its metrics.csv
     unfinished, _ = make_run(tmp_path, load_areas(runs[0] / 'areas.geojson'), summary=False, epochs=2, name='half')
@@ -325,10 +325,11 @@ def test_analyze_cli_on_run_folders(runs, tmp_path):
     r = geoloc('analyze', *runs, '--out', out, '--n', 4)
     assert r.returncode == 0, r.stderr
     assert 'mapillary-T' in r.stdout and 'files ->' in r.stdout
-    assert sorted(p.name for p in out.iterdir()) == ['curves.png', 'flickr-T', 'mapillary-T', 'metrics.csv',
+    assert sorted(p.name for p in out.iterdir()) == ['curves.pdf', 'curves.png', 'flickr-T', 'mapillary-T', 'metrics.csv',
                                                      'metrics.md', 'table1.csv', 'table1.md']
-    per_run = ['confusion.csv', 'confusion.png', 'correct.png', 'distribution.png', 'geo_errors.png', 'per_class.csv',
-               'per_class.md', 'predictions.csv', 'reliability.png', 'wrong.png']
+    per_run = ['confusion.csv', 'confusion.pdf', 'confusion.png', 'correct.png', 'distribution.pdf', 'distribution.png',
+               'geo_errors.pdf', 'geo_errors.png', 'per_class.csv', 'per_class.md', 'predictions.csv', 'reliability.pdf',
+               'reliability.png', 'wrong.png']
     for name in ('mapillary-T', 'flickr-T'):
         assert sorted(p.name for p in (out / name).iterdir()) == per_run
         for png in (out / name).glob('*.png'): png_ok(png)
@@ -352,7 +353,8 @@ def test_analyze_cli_on_reference_csv(reference_csv, tmp_path):
     r = geoloc('analyze', reference_csv, '--out', out)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (out / 'mapillary_eval').iterdir()) == [
-        'confusion.csv', 'confusion.png', 'per_class.csv', 'per_class.md', 'predictions.csv', 'reliability.png']
+        'confusion.csv', 'confusion.pdf', 'confusion.png', 'per_class.csv', 'per_class.md', 'predictions.csv',
+        'reliability.pdf', 'reliability.png']
     assert pd.read_csv(out / 'table1.csv').top1.tolist() == [pytest.approx(0.6)]
     png_ok(out / 'mapillary_eval' / 'confusion.png')
 

@@ -152,7 +152,7 @@ def test_label_and_split_cli(tmp_path, bcn, capsys):
     assert list(load_areas(out / 'areas.geojson').name) == list(areas.name)
     assert (out / 'neighborhoods.geojson').exists()
     first = (out / 'dataset.parquet').read_bytes()
-    assert geoloc(*args).returncode == 0
+    assert main([str(a) for a in args]) == 0   # the rerun in-process: the same dispatcher, without a second start-up
     assert (out / 'dataset.parquet').read_bytes() == first
 
     r = geoloc('split', '--dataset', out, '--how', 'spatial', '--block-m', 300)
@@ -160,7 +160,7 @@ def test_label_and_split_cli(tmp_path, bcn, capsys):
     assert 'as given' in r.stdout
     assert set(load_dataset(out).split) == {'train', 'valid', 'buffer'}   # the spatial split leaves out what would leak
     split_once = (out / 'dataset.parquet').read_bytes()
-    assert geoloc('split', '--dataset', out, '--how', 'spatial', '--block-m', 300).returncode == 0
+    assert main(['split', '--dataset', str(out), '--how', 'spatial', '--block-m', '300']) == 0
     assert (out / 'dataset.parquet').read_bytes() == split_once
 
     # user errors: one line on stderr, exit status 1 (in-process: the same dispatcher, without a second start-up)

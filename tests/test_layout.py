@@ -19,7 +19,7 @@ GEOLOC = [sys.executable, '-m', 'geoloc.cli']
 # The flow, top to bottom: a module may import only modules at its own rank or above it. The stand-ins sit
 # after the labelling stage (their toy datasets are written with its writer) and before training.
 FLOW = ['files', 'net', 'sim.city', 'geojson', 'crawlio', 'flickr', 'mapillary', 'splits', 'labeling', 'images', 'sim', 'data',
-        'train', 'metrics', 'analysis', 'predict', 'pipeline', 'cli']
+        'train', 'metrics', 'analysis', 'predict', 'pipeline', 'study', 'cli']
 
 
 def rank(mod: str) -> int:
@@ -124,8 +124,13 @@ def test_help_defaults_agree_between_commands():
 @pytest.mark.parametrize('path', sorted((ROOT / 'configs').glob('*.*')), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     from geoloc.pipeline import load_config
-    cfg = load_config(path)
-    assert cfg.city and cfg.train['preset'] in ('fast', 'paper')
+    from geoloc.study import load_study
+    if path.name.startswith('study-'):
+        cfg = load_study(path)
+        assert cfg.splits and cfg.sources and cfg.train['preset'] in ('fast', 'paper')
+    else:
+        cfg = load_config(path)
+        assert cfg.city and cfg.train['preset'] in ('fast', 'paper')
     text = path.read_text()
     assert 'MLY|' not in text.replace('MLY|...', '') and 'api_key' not in text   # keys stay in the environment
 

@@ -127,9 +127,9 @@ def test_the_spatial_split_leaks_no_sequence_and_keeps_a_buffer(city_records):
 
 
 def test_flickr_photos_are_grouped_by_owner_and_day(city_records):
-    from geoloc.splits import _leak_groups
+    from geoloc.splits import leak_groups
     fl = city_records[city_records.source == 'flickr'].head(300)
-    g = _leak_groups(fl)
+    g = leak_groups(fl)
     assert (g >= 0).all()
     key = fl.owner.astype(str) + '@' + pd.to_datetime(fl.taken_local).dt.date.astype(str)
     assert pd.Series(g).groupby(key.to_numpy()).nunique().max() == 1 and len(set(g)) == key.nunique()
@@ -140,3 +140,101 @@ def test_a_district_left_without_validation_is_loud():
                        'lat': 41.39, 'lon': 2.16})
     with pytest.warns(UserWarning, match=r"left 1 district\(s\) without any validation image: \['tiny'\]"):
         split_dataset(ds, how='random')
+
+
+# ------------------------------------------------------------------------------------------------ the study itself
+def test_the_papers_split_has_a_k_fold_form_and_folds_become_splits(city_records):
+    "Item 6: paper folds are contiguous runs per source and district (fold k-1 = the authors' tail); spatial folds keep the buffer."
+    from scipy.spatial import cKDTree
+    from geoloc.geojson import to_metres
+    from geoloc.splits import fold_split, kfold
+    ds = city_records
+    pk = kfold(ds, 10, how='paper')
+    assert all(g.fold.is_monotonic_increasing for _, g in pk.groupby(['source', 'district']))
+    assert ((pk.fold == 9) == (split_dataset(ds, how='paper').split == 'valid')).all()
+    sf = kfold(ds, 4, how='spatial', block_m=400)
+    for f in range(4):
+        s = fold_split(sf, f, how='spatial', buffer_m=150)
+        xy = to_metres(ds.lat, ds.lon)
+        d, _ = cKDTree(xy[s == 'train']).query(xy[s == 'valid'])
+        assert d.min() > 150 and not set(ds.sequence[s == 'train'].dropna()) & set(ds.sequence[s == 'valid'].dropna())
+
+
+def test_intervals_resample_whole_sequences():
+    "Item 6: 40 sequences of 25 identical frames: the interval is as wide as 40 tries, not 1,000."
+    from geoloc.metrics import cluster_bootstrap
+    hit = np.repeat(np.random.default_rng(0).random(40) < 0.6, 25).astype(float)
+    seq = np.repeat(np.arange(40), 25)
+    est, lo, hi = cluster_bootstrap(hit, seq, n=1000)
+    _, nlo, nhi = cluster_bootstrap(hit, n=1000)
+    assert lo < est < hi and (hi - lo) > 4 * (nhi - nlo)
+    assert (hi - lo) == pytest.approx(2 * 1.96 * np.sqrt(est * (1 - est) / 40), rel=0.2)
+
+
+@pytest.fixture(scope='module')
+def study_demo(tmp_path_factory):
+    "configs/study-demo.toml through the command line, as a user runs it: 2 splits x 2 folds x 2 sources."
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp('study') / 'demo'
+    cfg = Path(__file__).resolve().parents[1] / 'configs' / 'study-demo.toml'
+    r = subprocess.run([sys.executable, '-m', 'geoloc.cli', 'study', str(cfg), '--out', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '8 of 8 runs finished' in r.stdout
+    return cfg, out
+
+
+def test_the_demo_study_reports_every_table_with_intervals(study_demo):
+    "Items 6, 8, 9, 10: one report, pooled figures with 95% intervals, per-source validation, transfer, leakage, figures."
+    from PIL import Image
+    _, out = study_demo
+    rep = out / 'report'
+    text = (rep / 'README.md').read_text()
+    for part in ('95% intervals', 'Cross-source transfer', "The paper's Table 1", 'Leakage of each split', 'top1.pdf'):
+        assert part in text, part
+    s = pd.read_csv(rep / 'summary.csv')
+    assert len(s) == 2 * 2 * 3   # splits x sources x (all, mapillary, flickr)
+    for m in ('top1', 'top5', 'gc_acc_1km', 'gc_median_km'):
+        assert ((s[f'{m}_lo'] <= s[m] + 1e-9) & (s[m] <= s[f'{m}_hi'] + 1e-9)).all(), m
+    assert (s.top1_hi > s.top1_lo).all() and (s.runs == 2).all()
+    runs = pd.read_csv(rep / 'runs.csv')
+    assert runs.run.nunique() == 8 and set(runs.valid_on) == {'all', 'mapillary', 'flickr'}
+    whole = runs[runs.valid_on == 'all'].set_index(['split', 'source', 'fold'])
+    parts = runs[runs.valid_on != 'all'].groupby(['split', 'source', 'fold']).images.sum()
+    assert (whole.images == parts.reindex(whole.index)).all()   # the sources' photos add up to the whole
+    leak = pd.read_csv(rep / 'leakage.csv', index_col=0)
+    assert leak.loc['spatial', 'sequence_leak_pct'] == 0 and leak.loc['random', 'sequence_leak_pct'] > 0
+    assert Image.open(rep / 'top1.png').info['dpi'][0] == pytest.approx(300, abs=1)
+    assert (rep / 'top1.pdf').read_bytes()[:4] == b'%PDF' and (rep / 'curves.pdf').exists()
+    assert '|   Photos |' in text or 'Photos' in text
+
+
+def test_every_source_validates_on_the_same_photos_and_equal_size_takes_whole_sequences(study_demo):
+    "Items 8, 9: per fold, one validation set for all sources; mapillary-equal ~ the fold's Flickr training size."
+    from geoloc.labeling import load_dataset
+    _, out = study_demo
+    for split in ('random', 'spatial'):
+        for fold in (0, 1):
+            a = load_dataset(out / 'datasets' / f'{split}-seed0-fold{fold}-all')
+            e = load_dataset(out / 'datasets' / f'{split}-seed0-fold{fold}-mapillary-equal')
+            assert (a.split == 'valid').tolist() == (e.split == 'valid').tolist()
+            fl = ((a.split == 'train') & (a.source == 'flickr')).sum()
+            tr = e[e.split == 'train']
+            assert set(tr.source) == {'mapillary'} and fl <= len(tr) < fl + 60
+            unused = e[(e.split == 'unused') & (e.source == 'mapillary')]
+            assert not set(tr.sequence) & set(unused.sequence)   # whole sequences drawn
+
+
+def test_the_study_resumes_per_experiment_and_refuses_another_grid(study_demo):
+    "Item 10: a lost run is trained again alone; the same folder under other settings is refused."
+    import dataclasses
+    import shutil
+    from geoloc.study import load_study, run_study
+    cfg_path, out = study_demo
+    cfg = dataclasses.replace(load_study(cfg_path), out=str(out))
+    shutil.rmtree(out / 'runs' / 'spatial' / 'all' / 'focalnet_pico_srf' / 'seed0-fold1')
+    res = run_study(cfg, progress=False)
+    assert res.status.value_counts().to_dict() == {'done': 7, 'trained': 1}
+    with pytest.raises(ValueError, match=r'other settings \(folds\)'):
+        run_study(dataclasses.replace(cfg, folds=3), progress=False)
