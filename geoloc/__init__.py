@@ -15,6 +15,7 @@ Modules:
 - `geoloc.mapillary`: Crawl every Mapillary image inside a city's polygon from the Graph API's capped bbox search, recursively, concurrently and crash-safely, with all metadata from the search itself.
 - `geoloc.metrics`: The numbers of a run: the paper's top-k accuracy, its validation predictions (or the authors' own eval CSV), confusion, per-class scores, the majority baseline, distances to the predicted district, calibration, intervals that resample whole sequences.
 - `geoloc.net`: The one HTTP layer of geoloc: one session factory, one User-Agent, one `redact`, the services' addresses, typed errors, and fetches that end on time and refuse what is too big.
+- `geoloc.osm`: OpenStreetMap's administrative boundaries of a place, through osmnx (an optional dependency: `geoloc-city[osm]`).
 - `geoloc.pipeline`: One command from a city's name to a report: crawl both sources, label, split, download, train, analyse, place new photos; resumable stage by stage. `geoloc demo` runs it offline on the API stand-ins.
 - `geoloc.predict`: Place new photos on a city's map with a trained district classifier: the top districts with their probabilities, as a CSV, a GeoJSON and a map that a responder opens in a browser.
 - `geoloc.sim.city`: A synthetic city: named, irregular, Voronoi-style districts inside a wobbly outline, deterministic by seed, in the shape `geoloc.geojson.load_areas` returns (`name`, `geometry`, EPSG:4326). For tests, demos and the stand-ins: it exists everywhere, offline, and looks like a real city's district layer.
@@ -23,6 +24,7 @@ Modules:
 - `geoloc.sim.flickr`: The Flickr REST stand-in: flickr.photos.search (text, tags, bbox, dates, geo filters, sorts, the 4000 cap, the 12-hour rule of unlimited geo queries, numbers as strings), getSizes, test.echo, static photo URLs; JSON or XML.
 - `geoloc.sim.generate`: Synthetic worlds over any city's areas: Mapillary sequences along street grids, Flickr photos clustered at hot spots, each with real-looking metadata; and the paper's Barcelona at its published sizes.
 - `geoloc.sim.mapillary`: The Mapillary Graph API v4 stand-in: bbox search (capped at 2000, time windows, filters), entity lookups and signed, expiring thumbnail URLs, with the Graph error shape.
+- `geoloc.sim.osm`: A local stand-in of OpenStreetMap's Nominatim and Overpass endpoints, for the `osm:<place>` boundary source.
 - `geoloc.sim.records`: What a crawl of a synthetic world returns, in the project's record schema: every image of a bounding-box crawl (outside the city too), Flickr photos found twice (by two keyword searches), for lessons and tests of labeling.
 - `geoloc.sim.render`: How the stand-ins' images look: district palettes, street-level frames seen from a moving car, Flickr-like photos of landmarks and people, and the JPEG writer that gives them real photos' sizes and entropy at the cost of a byte copy.
 - `geoloc.sim.server`: HTTP plumbing shared by both stand-ins: responses, a threading server that can end its keep-alive connections, and the request pipeline (routing, faults, counters, the request log, one write per response).

@@ -72,8 +72,7 @@ def _config(tmp_path, epochs):
     (tmp_path / 'tiny.yaml').write_text(f"""
 name: kill test
 out: out
-city: synthetic
-districts: 5
+city: click_that_hood:bogota
 emulator: {{mapillary: 600, flickr: 100, seed: 1}}
 split: {{how: sequence, valid_pct: 0.2}}
 download: {{size: 40, workers: 8}}
@@ -87,8 +86,10 @@ threads: 1
 
 
 def test_cli_killed_during_training_resumes(tmp_path):
+    "A real city other than Barcelona (Bogota's 19 localidades, shipped with geoloc: offline), end to end, killed once."
     cfg = _config(tmp_path, epochs=5)
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'GEOLOC_CACHE': str(tmp_path / 'cache'),
+           'GEOLOC_MIRROR': 'http://127.0.0.1:9'}   # nothing listens there: no network
     metrics = tmp_path / 'out' / 'runs' / 'sequence' / 'metrics.csv'
     p = subprocess.Popen([*GEOLOC, 'pipeline', str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                          cwd=tmp_path)  # a relative out folder, as users write it
@@ -114,5 +115,7 @@ def test_cli_killed_during_training_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout == '', again.stderr[-2000:]
     state = json.loads((tmp_path / 'out' / 'pipeline.json').read_text())
     assert state['stages']['train']['status'] == 'ran' and state['last_run_seconds'] < 60
+    assert state['stages']['areas']['summary'] == '19 districts of click_that_hood:bogota'
+    assert 'Usaquen' in report and 'Ciudad Bolivar' in report   # the report is about Bogota's localidades
     bad = subprocess.run([*GEOLOC, 'pipeline', str(cfg), '--until', 'nope'], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and 'is not a stage' in bad.stderr and 'Traceback' not in bad.stderr
