@@ -151,6 +151,27 @@ def test_bad_inputs_reported_per_photo(geo, photos, tmp_path, serve_folder):
     assert nothing.status.eq('failed').all() and len(to_geojson(nothing, geo.areas)['features']) == 0
 
 
+def test_hostile_files_are_refused_without_reading_them(geo, photos, tmp_path):
+    "A device, a FIFO and a 12,500 px PNG: a reason each, never read or decoded whole; the good photo is placed."
+    import os
+    from PIL import Image
+    good = sorted(str(p) for p in photos.rglob('*.jpg'))[0]
+    os.mkfifo(tmp_path / 'pipe.jpg')   # opening it for reading would block for ever
+    Image.new('L', (12_500, 12_500)).save(tmp_path / 'huge.png')
+    pred = geo.predict(['/dev/zero', str(tmp_path / 'pipe.jpg'), str(tmp_path / 'huge.png'), good])
+    assert pred.status.tolist() == ['failed', 'failed', 'failed', 'ok']
+    assert pred.error.tolist()[:3] == ['not a regular file', 'not a regular file', 'too many pixels (12500 x 12500)']
+
+
+def test_embedded_json_cannot_end_or_swallow_the_maps_script(geo, photos, tmp_path):
+    pred = geo.predict(sorted(str(p) for p in photos.rglob('*.jpg'))[:2])
+    pred.loc[0, 'image'] = '<!--<script></script>.jpg'
+    page = write_predictions(pred, geo.areas, tmp_path / 'out')['map'].read_text()
+    scripts = re.findall(r'<script>(.*?)</script>', page, flags=re.S)
+    assert scripts and not any('<!--' in s or '<script' in s for s in scripts[-2:])   # the data holds no '<'
+    assert '\\u003c!--\\u003cscript>' in page
+
+
 def test_centroids_inside_their_districts(geo):
     c = district_centroids(geo.areas)
     assert list(c.name) == list(geo.areas.name)
@@ -195,6 +216,7 @@ def test_map_renders_districts_and_markers_offline(geo, photos, tmp_path):
     "The page loads with the tile server unreachable and draws every district and one marker per placed photo."
     pred = geo.predict([photos, tmp_path / 'missing.jpg'], thumbnails=48)
     pred.loc[0, 'image'] = '</script><img src=x onerror=alert(1)>.jpg'       # names from the internet are text, not HTML
+    pred.loc[1, 'image'] = '<!--<script>.jpg'                               # would swallow the page's script (issue 16)
     paths = write_predictions(pred, geo.areas, tmp_path / 'out', title='Test map')
     dom = _dom(paths['map'].as_uri(), tmp_path / 'profile')
     assert 'data-ready="1"' in dom
