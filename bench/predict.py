@@ -4,6 +4,11 @@ Measured in one run, same process, same model and batch size:
   1. model only: the Geolocator's model on normalised tensors already on the device (the ceiling);
   2. end to end: `Geolocator.predict(files)`: files read by threads, JPEGs decoded (nvJPEG on a GPU, PIL with DCT
      scaling on the CPU), centre crop, model, softmax, top-k, the result table;
+  3. baseline: a plain timm + PIL loop on the same model and files (timm's own eval transform, one photo at a time
+     through PIL, batches of the same size): `Geolocator.predict` must be at least as fast (issue 16);
+  4. retrieval: `Geolocator.predict` again with a retrieval index of `--index` (200,000) training photos
+     (fp16 embeddings of the model's width, 10 districts), against the same call without it: the added time per
+     photo must stay under 20% (issue 16);
   then end-to-end images/s, its share of the model-only rate, and the issue's target (>= 5,000 images/s on one
   H200 in bf16). On a CPU the target does not apply: the figure says what a laptop in the field can do.
 The model is untrained (random weights): throughput does not depend on what the weights are.
@@ -29,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from geoloc.sim import synthetic_world  # noqa: E402
 from geoloc.sim import synthetic_city  # noqa: E402
 from geoloc.predict import Geolocator  # noqa: E402
+from geoloc.retrieval import RetrievalIndex  # noqa: E402
 from geoloc.train import TrainConfig, create_model  # noqa: E402
 
 TARGET = 5_000  # images/s on one H200, bf16 (the issue)
@@ -71,6 +77,20 @@ def model_only(geo: Geolocator, bs: int, steps: int) -> float:
     return bs * steps / (time.perf_counter() - t)
 
 
+def plain_loop(model, files: list, bs: int, size: int, resize: int, dev) -> float:
+    "images/s of the loop people write first: timm's eval transform through PIL, photo by photo, then the model."
+    from timm.data import create_transform
+    tf = create_transform(input_size=(3, size, size), crop_pct=size / resize, interpolation='bicubic')
+    model = model.eval().to(dev)
+    sync(dev); t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(files), bs):
+            x = torch.stack([tf(Image.open(f).convert('RGB')) for f in files[i:i + bs]]).to(dev)
+            model(x).float().softmax(-1).cpu()
+    sync(dev)
+    return len(files) / (time.perf_counter() - t)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     cuda = torch.cuda.is_available()
@@ -84,6 +104,7 @@ def main():
     ap.add_argument('--precision', default='bf16')
     ap.add_argument('--no-compile', action='store_true')
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    ap.add_argument('--index', type=int, default=200_000, help='training photos in the retrieval index (0: skip)')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -107,12 +128,29 @@ def main():
         pred = geo.predict(timed, bs=a.bs, workers=a.workers)
         sync(dev); seconds = time.perf_counter() - t
         ceiling = (before + model_only(geo, a.bs, steps)) / 2  # before and after: a shared machine's load drifts
+        plain = plain_loop(model, timed, a.bs, a.size, a.resize, dev) if not geo.cuda else None
+        if a.index:
+            rng = np.random.default_rng(0)
+            geo.index = RetrievalIndex(torch.randn(a.index, model.num_features).half(), 41.39 + rng.normal(0, .02, a.index),
+                                       2.16 + rng.normal(0, .02, a.index), rng.integers(0, len(areas), a.index))
+            mib = geo.index.emb.numel() * 2 / 2**20
+            sync(dev); t = time.perf_counter(); geo.predict(timed, bs=a.bs, workers=a.workers); sync(dev)
+            with_index = time.perf_counter() - t
+            sync(dev); t = time.perf_counter(); geo.predict(timed, bs=a.bs, workers=a.workers, retrieval='off'); sync(dev)
+            without = time.perf_counter() - t
     ok = int((pred.status == 'ok').sum())
     rate = ok / seconds
     load = f', load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs' if hasattr(os, 'getloadavg') else ''
     print(f'model only : {ceiling:9,.1f} images/s (mean of a measurement before and after{load})')
     print(f'end to end : {rate:9,.1f} images/s ({ok:,} photos from JPEG files in {seconds:.2f} s; '
           f'{rate / ceiling:.0%} of model-only)')
+    if plain:
+        print(f'baseline   : {plain:9,.1f} images/s (plain timm + PIL loop, same model and files): geoloc is '
+              f'{rate / plain:.2f}x ({"at least as fast: met" if rate >= plain else "SLOWER: NOT met"})')
+    if a.index:
+        extra = (with_index - without) / without
+        print(f'retrieval  : {a.index:,} indexed photos ({mib:.0f} MiB fp16): {1000 * with_index / len(timed):.1f} ms per photo '
+              f'with it, {1000 * without / len(timed):.1f} ms without: +{extra:.0%} ({"under 20%: met" if extra < 0.2 else "NOT met"})')
     if geo.cuda:
         print(f'target     : {TARGET:9,} images/s on one H200 (bf16): {"met" if rate >= TARGET else "NOT met"} '
               f'({rate / TARGET:.2f}x)')

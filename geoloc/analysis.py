@@ -32,7 +32,7 @@ from .metrics import (Predictions, confusion, district_distance_km, evaluate,
 # %% auto #0
 __all__ = ['PAPER_TABLE1', 'plot_confusion', 'plot_geo_errors', 'plot_reliability', 'plot_distribution', 'show_predictions',
            'splits_table', 'model_name', 'training_time', 'run_summary', 'results_table', 'results_markdown',
-           'plot_curves', 'save_figure', 'report_markdown', 'analyze', 'analyze_cli']
+           'plot_curves', 'retrieval_metrics', 'save_figure', 'report_markdown', 'analyze', 'analyze_cli']
 
 # %% ../nbs/05_analysis.ipynb #a9a2f815
 def plot_confusion(cm:pd.DataFrame, # from `confusion`
@@ -335,6 +335,32 @@ def plot_curves(runs:list, # run folders (with metrics.csv)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_analysis.ipynb #a1b2c3d4retr
+def retrieval_metrics(run, # a run folder (its predictions.parquet holds est_lat, est_lon, radius_m; model/ its temperature)
+                      pred:Predictions, # `read_predictions(run)`
+                      ds:pd.DataFrame, # the dataset (id, lat, lon)
+                      areas, # the class areas
+                     ) -> dict: # retrieval_gc_median_km, retrieval_gc_acc_<t>km, radius_coverage, temperature, ece_calibrated
+    """What the better geolocator adds, on the same validation photos: the retrieval estimate's great-circle error (beside
+    the district centroid's `gc_*`), how often the true place lies inside the stated radius, and the ECE after the
+    run's temperature scaling."""
+    run, out = Path(run), {}
+    p = run/'predictions.parquet' if run.is_dir() else run
+    cols = pd.read_parquet(p).columns if p.suffix == '.parquet' and p.exists() else []
+    if 'est_lat' in cols:
+        est = pd.read_parquet(p, columns=['id', 'est_lat', 'est_lon', 'radius_m'])
+        e = geo_errors(pred, ds, areas, points=est[['est_lat', 'est_lon']].to_numpy())
+        m = geo_metrics(e)
+        out.update({f'retrieval_{k}': v for k, v in m.items() if k.startswith('gc_')})
+        radius = est.set_index(est.id.astype(str)).radius_m.reindex(e.id).to_numpy()
+        out['radius_coverage'] = float((e.gc_km.to_numpy() * 1000 <= radius).mean())
+    cfg = run/'model'/'config.json'
+    if cfg.exists():
+        t = json.loads(cfg.read_text()).get('geoloc', {}).get('calibration', {}).get('temperature')
+        if t: out.update(temperature=float(t), ece_calibrated=expected_calibration_error(pred.logits / t, pred.targets))
+    return out
+
+
 # %% ../nbs/05_analysis.ipynb #c6903673
 def _read_table(src) -> pd.DataFrame:
     "A dataset table: a dataset folder, a .parquet or a .csv file (`id`, `lat`, `lon`, ...)."
@@ -413,6 +439,7 @@ def analyze(runs:list, # run folders (or predictions files: parquet, the referen
         ar = as_areas(ar) if ar is not None else None
         geo = ds is not None and ar is not None and {'id', 'lat', 'lon'} <= set(ds.columns)
         rows[name] = evaluate(pred, ds, ar if geo else None, bins=bins)
+        if geo: rows[name].update(retrieval_metrics(r, pred, ds, ar))
         counts = confusion(pred.targets, pred.preds, pred.classes)
         counts.to_csv(d/'confusion.csv'); written.append(d/'confusion.csv')
         ax = plot_confusion(confusion(pred.targets, pred.preds, pred.classes, normalize='true'),
@@ -449,7 +476,8 @@ def analyze_cli(runs:Annotated[str, {'nargs': '+'}]=None, # run folders (or pred
     runs = [runs] if isinstance(runs, str) else runs
     written = analyze(runs, out, dataset=dataset, areas=areas, images=images, bins=bins, n=n)
     m = pd.read_csv(Path(out)/'metrics.csv', index_col='run')
-    cols = [c for c in ('images', 'top1', 'top5', 'majority', 'balanced_accuracy', 'ece', 'gc_median_km', 'gc_acc_1km',
-                        'gc_acc_5km', 'median_km', 'within_1km') if c in m.columns]
+    cols = [c for c in ('images', 'top1', 'top5', 'majority', 'balanced_accuracy', 'ece', 'ece_calibrated', 'gc_median_km',
+                        'retrieval_gc_median_km', 'gc_acc_1km', 'retrieval_gc_acc_1km', 'radius_coverage', 'median_km',
+                        'within_1km') if c in m.columns]
     print(m[cols].to_string(float_format=lambda v: f'{v:.3f}'))
     print(f'\n{len(written)} files -> {out}/ (table1.md, metrics.md, curves.png, <run>/confusion.png, ...)')

@@ -60,7 +60,7 @@ def atomic_path(path, *, mode: int = None, fsync: bool = True):
     "Yield a temporary path beside `path`; when the block ends without an error, it replaces `path` atomically."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=f'.part{path.suffix}')  # GDAL drivers read it
     os.close(fd)
     try:
         yield Path(tmp)

@@ -32,6 +32,7 @@ from .images import download_dataset, download_images
 from .labeling import SPLITS, district_counts, load_dataset, make_dataset, split_copy, split_dataset
 from .mapillary import crawl_images
 from .net import FLICKR_REST, MAPILLARY_GRAPH
+from .recipe import PRESETS
 
 # %% auto #0
 __all__ = ['SECTIONS', 'STAGES', 'PipelineConfig', 'load_config', 'city_areas', 'train_config', 'compare_splits', 'Stage',
@@ -57,7 +58,7 @@ def _section(name:str, given) -> dict | None:
     if not isinstance(given, dict): raise ValueError(f"config section {name!r} must be a mapping (key: value), not {given!r}.")
     keys = set(SECTIONS[name])
     if name == 'train':
-        from geoloc.train import TrainConfig
+        from geoloc.recipe import TrainConfig
         keys |= {f.name for f in dataclasses.fields(TrainConfig)}
     bad = sorted(set(given) - keys)
     if bad: raise ValueError(f"config section {name!r} has unknown key(s) {bad}. Fix: use some of {sorted(keys)}.")
@@ -98,8 +99,8 @@ class PipelineConfig:
         for how in [self.split['how'], *self.compare]:
             if how not in SPLITS: raise ValueError(f"unknown split {how!r}. Fix: use one of {list(SPLITS)}.")
         self.compare = [h for h in dict.fromkeys(self.compare) if h != self.split['how']]
-        if self.train['preset'] not in ('fast', 'paper'):
-            raise ValueError(f"train.preset must be 'fast' or 'paper', not {self.train['preset']!r}.")
+        if self.train['preset'] not in PRESETS:
+            raise ValueError(f"train.preset must be one of {list(PRESETS)}, not {self.train['preset']!r}.")
 
 # %% ../nbs/07_pipeline.ipynb #58caf9d1
 def load_config(path, # a .yaml/.yml or .toml file
@@ -230,7 +231,7 @@ def _stage_download(c:_Context) -> str:
 # %% ../nbs/07_pipeline.ipynb #31bda596
 def train_config(cfg:PipelineConfig) -> 'TrainConfig':
     "The run's `TrainConfig`: the preset with the config's training options (`geoloc.train.train_recipe`)."
-    from geoloc.train import train_recipe
+    from geoloc.recipe import train_recipe
     return train_recipe(cfg.train)
 
 def _cuda(cfg:PipelineConfig) -> bool:
@@ -346,7 +347,8 @@ def _stage_predict(c:_Context) -> str:
         got = got[got.status == 'ok']
         srcs = [str(c.out/'new-photos'/q) for q in got.path]
         truth = dict(zip(srcs, got.district))
-    (out/'predictions.csv').unlink(missing_ok=True)  # written first: it marks the stage done only with the rest
+    for f in ('map.html', 'predictions.parquet', 'predictions.csv'):  # this stage's own answers of an interrupted try
+        (out/f).unlink(missing_ok=True)
     pred = place_photos(c.run_dir, srcs, out, top_k=p['top_k'], truth=truth, device=c.cfg.device, thumbnails=128,
                         title=f'{c.cfg.name}: new photos placed', progress=c.progress)
     _map_png(out/'map.html', out/'map.png')
@@ -437,7 +439,7 @@ STAGES = [
     Stage('train', lambda c: c.run_dir/'summary.json', _stage_train),
     Stage('compare', 'report/splits.csv', _stage_compare, 'compare'),
     Stage('analyze', 'report/analysis/metrics.csv', _stage_analyze),
-    Stage('predict', 'report/predictions/predictions.csv', _stage_predict),
+    Stage('predict', 'report/predictions/map.html', _stage_predict),  # map.html is written last
     Stage('report', None, _stage_report),
 ]
 

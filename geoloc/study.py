@@ -75,7 +75,7 @@ class StudyConfig:
         if not self.seeds or not self.models: raise ValueError("a study needs at least one seed and one model.")
         if int(self.bootstrap) < 100: raise ValueError(f"bootstrap must be at least 100 replicates, got {self.bootstrap}.")
         self.train = {'preset': 'fast', **(self.train or {})}
-        from geoloc.train import train_recipe  # torch only when a study is read
+        from geoloc.recipe import train_recipe
         train_recipe(self.train)  # a wrong option fails now, not after the first run
 
 # %% ../nbs/08_study.ipynb #6c9f1bfc

@@ -19,8 +19,9 @@ import shapely
 import torch
 from PIL import Image
 
-from geoloc.predict import (Geolocator, ImageError, decode_image, district_centroids, image_sources, prediction_map,
-                            read_image, to_geojson, write_predictions)
+from geoloc.outputs import prediction_map, to_geojson, write_predictions
+from geoloc.photos import ImageError, decode_image, image_sources, read_image
+from geoloc.predict import Geolocator, district_centroids
 from geoloc.sim import toy_dataset
 from geoloc.train import TrainConfig, load_run, predict_logits, train
 
@@ -121,7 +122,7 @@ def test_predict_matches_training_transform_and_batches(geo, run):
     files = [str(Path(ds) / p) for p in df.path[:11]]
     pred = geo.predict(files, top_k=6, bs=32)
     small = geo.predict(files, top_k=6, bs=4, workers=2)
-    p = torch.softmax(predict_logits(load_run(run), files), -1).numpy()
+    p = torch.softmax(predict_logits(load_run(run, trust_pickle=True), files) / geo.temperature, -1).numpy()
     names = np.array(geo.classes, dtype=object)
     assert (pred.district_1.to_numpy() == names[p.argmax(1)]).all()
     np.testing.assert_allclose(pred.prob_1, p.max(1), atol=1e-4)
@@ -143,12 +144,14 @@ def test_bad_inputs_reported_per_photo(geo, photos, tmp_path, serve_folder):
     assert pred.error.tolist()[2:6] == ['not an image (an HTML or XML page)', 'HTTP 404', 'truncated JPEG', 'file not found']
     assert pred.district_1[1] == pred.district_1[6] and abs(pred.prob_1[1] - pred.prob_1[6]) < 1e-6  # same photo by URL
     assert 'SECRET' not in pred.to_csv() and pred.image[1].endswith('access_token=***')
-    assert pred.loc[pred.status == 'failed', ['district_1', 'lat']].isna().all().all()
+    assert pred.loc[pred.status == 'failed', ['district_1', 'estimate_lat', 'district_centroid_lat']].isna().all().all()
     c = district_centroids(geo.areas).set_index('name')
     ok = pred[pred.status == 'ok']
-    np.testing.assert_allclose(ok[['lat', 'lon']].to_numpy(float), c.loc[ok.district_1, ['lat', 'lon']].to_numpy())
+    np.testing.assert_allclose(ok[['district_centroid_lat', 'district_centroid_lon']].to_numpy(float),
+                               c.loc[ok.district_1, ['lat', 'lon']].to_numpy())
     nothing = geo.predict([tmp_path / 'nothing.jpg', tmp_path / 'page.jpg'])
-    assert nothing.status.eq('failed').all() and len(to_geojson(nothing, geo.areas)['features']) == 0
+    feats = to_geojson(nothing, geo.areas)['features']   # every photo kept, none placed
+    assert nothing.status.eq('failed').all() and [f['geometry'] for f in feats] == [None, None]
 
 
 def test_hostile_files_are_refused_without_reading_them(geo, photos, tmp_path):
@@ -193,7 +196,8 @@ def test_geojson_polygons_with_probabilities(geo, photos):
     exact = geo.areas.set_index('name').geometry
     assert all(p.symmetric_difference(exact[d]).area < 0.01 * exact[d].area for p, d in zip(polys.geometry, polys.district))
     pts = g[g.kind == 'photo']
-    assert [t[0]['district'] for t in pts['top']] == pred.district_1.tolist()
+    assert pts.district_1.tolist() == pred.district_1.tolist()
+    np.testing.assert_allclose(pts.geometry.y, pred.estimate_lat, atol=1e-6)   # photos sit at their estimates
 
 
 def _chromium():
@@ -223,30 +227,89 @@ def test_map_renders_districts_and_markers_offline(geo, photos, tmp_path):
     drawn = lambda cls: len(re.findall(rf'<path[^>]*class="{cls} leaflet-interactive"', dom))  # SVG paths Leaflet drew
     assert drawn('geoloc-district') == len(geo.areas) and f'data-districts="{len(geo.areas)}"' in dom
     assert drawn('geoloc-photo') == 8 and 'data-photos="8"' in dom
-    assert '8 photo(s) placed' in dom and '1 could not be read' in dom
+    assert len(re.findall(r'<path[^>]*class="geoloc-radius"', dom)) == 8                # one uncertainty circle each
+    assert f'8 photo(s) placed in {pred.district_1.nunique()} district(s)' in dom and '1 could not be read' in dom
     opened = _dom(paths['map'].as_uri() + '#photo=0', tmp_path / 'profile2')  # the first row's popup
     assert 'class="geoloc-popup"' in opened and 'data:image/jpeg;base64,' in opened
     assert f'<td>{pred.district_1[0]}</td>' in opened and f'<td>{pred.district_2[0]}</td>' in opened
     assert '&lt;img src=x onerror=alert(1)&gt;' in opened and '<img src="x"' not in opened
 
 
-def test_cli_writes_csv_geojson_map(run, photos, tmp_path, serve_folder):
+def test_cli_writes_every_format_appends_and_fails_loudly(run, photos, tmp_path, serve_folder, capsys):
+    """geoloc predict: parquet, CSV, GeoJSON, KML, GeoPackage and map; never overwrites (--append adds); exit 1 when all
+    fail. One real process (the console entry point), then `geoloc.cli.main` in this process (no torch import each)."""
+    from geoloc.cli import main
     base = serve_folder(photos)
     first = sorted(p.name for p in photos.glob('*.jpg'))[0]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([*GEOLOC, 'predict', str(run / 'model.pkl'), str(photos), f'{base}/{first}', str(tmp_path / 'x.jpg'),
-                        '--top-k', '2', '--out', str(tmp_path / 'out'), '--quiet', '--tiles', 'none'],
-                       capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert '9 of 10 photos placed' in r.stdout and '1 failed: 1 file not found' in r.stdout
     out = tmp_path / 'out'
-    assert sorted(p.name for p in out.iterdir()) == ['map.html', 'predictions.csv', 'predictions.geojson']
+    opts = ['--out', str(out), '--quiet', '--tiles', 'none']
+    r = subprocess.run([*GEOLOC, 'predict', str(run), str(photos), f'{base}/{first}', str(tmp_path / 'x.jpg'), '--top-k', '2',
+                        *opts], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '9 of 10 photos placed' in r.stdout and '1 failed: 1 file not found' in r.stdout and ' m' in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ['map.html', 'predictions.csv', 'predictions.geojson', 'predictions.gpkg',
+                                                     'predictions.kml', 'predictions.parquet']
     csv = pd.read_csv(out / 'predictions.csv')
-    assert list(csv.columns) == ['image', 'district_1', 'prob_1', 'district_2', 'prob_2', 'lat', 'lon', 'status', 'error']
+    assert list(csv.columns) == ['image', 'district_1', 'prob_1', 'district_2', 'prob_2', 'confidence', 'estimate_lat',
+                                 'estimate_lon', 'radius_m', 'district_centroid_lat', 'district_centroid_lon', 'exif_lat',
+                                 'exif_lon', 'exif_error_km', 'exif_district', 'status', 'error']
     assert csv.district_1[0] == csv.district_1[8]  # the first photo, once from its file and once by URL
-    assert len(json.loads((out / 'predictions.geojson').read_text())['features']) == 9 * 3
+    gj = json.loads((out / 'predictions.geojson').read_text())['features']
+    assert len(gj) == 10 + 9 * 2 and sum(f['geometry'] is None for f in gj) == 1
+    assert len(gpd.read_file(out / 'predictions.kml')) == 9 and len(gpd.read_file(out / 'predictions.gpkg')) == 10
     page = (out / 'map.html').read_text()
     assert 'tile.openstreetmap.org' not in page and 'data:image/jpeg;base64,' in page
-    bad = subprocess.run([*GEOLOC, 'predict', str(tmp_path / 'no-run'), str(photos)], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert bad.returncode == 1 and 'not found' in bad.stderr and 'Traceback' not in bad.stderr
+    capsys.readouterr()
+    assert main(['predict', str(run), str(photos), *opts]) == 1
+    err = capsys.readouterr().err
+    assert 'already holds predictions' in err and '--append' in err
+    more = tmp_path / 'more'; more.mkdir(); shutil.copy(photos / first, more / 'new-one.jpg')
+    assert main(['predict', str(run), str(more), '--append', '--min-confidence', '0.99', *opts]) == 0
+    csv2 = pd.read_csv(out / 'predictions.csv')
+    assert len(csv2) == 11 and csv2.image.iat[-1].endswith('new-one.jpg') and csv2.status.iat[-1] == 'unsure'
+    pd.testing.assert_frame_equal(csv2.iloc[:10][csv.columns], csv, check_dtype=False)   # the earlier rows kept
+    assert list(csv2.columns[:7]) == ['image', 'district_1', 'prob_1', 'district_2', 'prob_2', 'district_3', 'prob_3']
+    (tmp_path / 'page.jpg').write_bytes(b'<html>rate limited</html>')
+    capsys.readouterr()
+    assert main(['predict', str(run), str(tmp_path / 'page.jpg'), str(tmp_path / 'gone.jpg'), '--out', str(tmp_path / 'none'),
+                 '--quiet']) == 1
+    assert 'none of the 2 photo(s) could be read' in capsys.readouterr().err
+    assert main(['predict', str(tmp_path / 'no-run'), str(photos)]) == 1
+    assert 'not found' in capsys.readouterr().err
+    assert main(['predict', str(run / 'model.pkl'), str(photos), '--out', str(tmp_path / 'p'), '--quiet']) == 1
+    assert '--trust-pickle' in capsys.readouterr().err
+
+
+def test_model_folder_is_pickle_free_calibrated_and_indexed(run, geo, tmp_path):
+    "The run's model/ folder loads alone (copied elsewhere) with its temperature and index; a pickle only when trusted."
+    shutil.copytree(run / 'model', tmp_path / 'shared-model')
+    alone = Geolocator.load(tmp_path / 'shared-model')
+    cfg = json.loads((run / 'model' / 'config.json').read_text())
+    assert cfg['architecture'] == 'focalnet_pico_srf' and cfg['pretrained_cfg']['classifier'] == 'head.fc'
+    assert alone.temperature == cfg['geoloc']['calibration']['temperature'] == geo.temperature
+    assert len(alone.index) == len(geo.index) > 0 and 0 < alone.index.coverage < 1
+    s = json.loads((run / 'summary.json').read_text())
+    assert s['ece_calibrated'] <= s['ece'] + 1e-9
+    with pytest.raises(ValueError, match='a pickle: loading it runs code'): Geolocator.load(run / 'model.pkl')
+    trusted = Geolocator.load(run / 'model.pkl', trust_pickle=True)
+    assert trusted.index is None and trusted.classes == geo.classes
+    v = pd.read_parquet(run / 'predictions.parquet')
+    assert {'est_lat', 'est_lon', 'radius_m'} <= set(v.columns) and v.radius_m.gt(0).all()
+
+
+def test_phone_photos_heic_and_exif_gps(geo, photos, tmp_path):
+    "A HEIC from a phone is placed like its JPEG; EXIF GPS is reported, with its district and distance from the estimate."
+    src = sorted(photos.rglob('*.jpg'))[0]
+    im = Image.open(src)
+    c = district_centroids(geo.areas).iloc[0]
+    dms = lambda x: (float(int(x)), float(int(x * 60 % 60)), round(x * 3600 % 60, 4))
+    ex = Image.Exif(); ex[0x8825] = {1: 'N', 2: dms(c.lat), 3: 'E', 4: dms(c.lon)}
+    im.save(tmp_path / 'phone.heic', format='HEIF', quality=95, exif=ex)
+    im.save(tmp_path / 'phone.webp', format='WEBP', quality=95)
+    pred = geo.predict([src, tmp_path / 'phone.heic', tmp_path / 'phone.webp'])
+    assert pred.status.tolist() == ['ok'] * 3 and len(set(pred.district_1)) == 1
+    np.testing.assert_allclose(pred.prob_1, pred.prob_1[0], atol=0.05)
+    h = pred.iloc[1]
+    assert abs(h.exif_lat - c.lat) < 1e-5 and h.exif_district == c['name'] and h.exif_error_km >= 0
+    assert pred.exif_lat.isna().tolist() == [True, False, True]

@@ -134,7 +134,7 @@ def test_cli_run_folder_and_saved_run_predicts_the_same_logits(toy, tmp_path, ca
     assert preds.id.tolist() == valid.id.tolist()
     classes = json.loads((out / 'classes.json').read_text())
     assert preds.target.tolist() == [classes.index(d) for d in valid.district]
-    learn = load_run(out)
+    learn = load_run(out, trust_pickle=True)
     assert list(learn.dls.vocab) == classes
     logits = predict_logits(learn, [toy / p for p in valid.path], bs=7)
     np.testing.assert_allclose(logits.numpy(), np.stack(preds.logits), atol=1e-4)
@@ -144,13 +144,32 @@ def test_cli_run_folder_and_saved_run_predicts_the_same_logits(toy, tmp_path, ca
     assert main(['train', '--dataset', str(toy), '--out', str(out), *CLI_TINY]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and 'dataset.parquet not found' in err[0] and 'already holds a run' in err[1]
+    # starting from weights: another run's model folder (its head is new here), and files that do not fit
+    from timm import create_model
+    from geoloc.weights import read_state
+    assert main(['train', '--dataset', str(toy), '--out', str(tmp_path / 'ft'), '--epochs', '1', '--weights', str(out),
+                 *CLI_TINY]) == 0
+    ft = TrainConfig.load(tmp_path / 'ft' / 'config.json')
+    assert ft.weights == str(out) and json.loads((tmp_path / 'ft' / 'summary.json').read_text())['weights'] == str(out)
+    wide = create_model('focalnet_pico_srf', num_classes=3, embed_dim=24)
+    torch.save(wide.state_dict(), tmp_path / 'wide.pth')
+    torch.save({'model': wide.state_dict(), 'gadget': Path('.')}, tmp_path / 'pickled.pth')   # a pickle carrying an object
+    capsys.readouterr()
+    assert main(['train', '--dataset', str(toy), '--out', str(tmp_path / 'w'), '--weights', str(tmp_path / 'wide.pth'), *CLI_TINY]) == 1
+    err = capsys.readouterr().err
+    assert 'does not fit this FocalNet' in err and 'stem.proj.weight: (24, 3, 4, 4) in the file, (16, 3, 4, 4) in the model' in err
+    assert main(['train', '--dataset', str(toy), '--out', str(tmp_path / 'p'), '--weights', str(tmp_path / 'pickled.pth'), *CLI_TINY]) == 1
+    assert 'runs code' in capsys.readouterr().err
+    assert len(read_state(tmp_path / 'pickled.pth', trust_pickle=True)) == len(wide.state_dict())
+    assert main(['train', '--dataset', str(toy), '--out', str(tmp_path / 'o'), '--preset', 'finetune', *CLI_TINY[2:]]) == 1
+    assert 'focalnet_pico_srf.ms_in1k' in capsys.readouterr().err   # pico has no pretrained tag: said, not a traceback
 
 
 def test_compiled_fit_still_saves_and_exports(toy, tmp_path):
     "The torch.compile callback (eager backend here, to stay quick on a CPU) leaves saving and export working."
     cfg = TrainConfig.fast(epochs=1, warmup_epochs=0, bs=16, compile=True, compile_backend='eager', **TINY)
     run = train(toy, cfg, tmp_path / 'run', progress=False)
-    learn = load_run(run)
+    learn = load_run(run, trust_pickle=True)
     assert getattr(learn.model, '_compiled_call_impl', None) is None
     preds = pd.read_parquet(run / 'predictions.parquet')
     ds = pd.read_parquet(toy / 'dataset.parquet')
