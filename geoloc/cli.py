@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, list[str]]] = {
     'train': ('geoloc.train:train_cli', "Train a FocalNet district classifier on a dataset folder (paper or fast recipe)", []),
     'analyze': ('geoloc.analysis:analyze_cli', "The paper's tables and figures and honest geolocation metrics of runs (PNG, markdown, CSV)", ['runs']),
     'predict': ('geoloc.predict:predict_cli', "Place new photos (files, folders, URLs) in a run's districts: CSV, GeoJSON and an HTML map", ['run', 'images']),
+    'serve': ('geoloc.serve:serve_cli', "The web app: drop photos on a page, see them on the city's map, export CSV/GeoJSON/KML (FastAPI)", ['runs']),
+    'watch': ('geoloc.watch:watch_cli', "Place photos as they arrive in a folder; append them to OUT (restart-safe, Ctrl-C stops)", ['folder']),
     'pipeline': ('geoloc.pipeline:pipeline_cli', "Run the whole study from a YAML/TOML config: crawl, label, split, download, train, analyse, predict (resumable)", ['config']),
     'study': ('geoloc.study:study_cli', "Run a study from a config: k folds x splits x sources x models, resumable; tables with 95% intervals", ['config']),
     'demo': ('geoloc.pipeline:demo_cli', "The whole study in one command, offline and without keys: API stand-ins, a small FocalNet, a report", []),

@@ -576,4 +576,5 @@ def demo_cli(city:str='synthetic', # 'synthetic' (made up), 'barcelona' (when at
     if not quiet:
         _finish(res, cfg, time.perf_counter() - t)
         print(f"place your own photos: geoloc predict {Path(out)/'runs'/cfg.split['how']} PHOTO... --out OUT")
+        print(f"or in the web app (drop photos on a map): geoloc serve {Path(out)/'runs'/cfg.split['how']}")
     return 0

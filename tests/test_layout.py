@@ -19,7 +19,7 @@ GEOLOC = [sys.executable, '-m', 'geoloc.cli']
 # The flow, top to bottom: a module may import only modules at its own rank or above it. The stand-ins sit
 # after the labelling stage (their toy datasets are written with its writer) and before training.
 FLOW = ['files', 'net', 'osm', 'sim.city', 'geojson', 'crawlio', 'flickr', 'mapillary', 'splits', 'labeling', 'images', 'sim', 'data',
-        'metrics', 'weights', 'retrieval', 'recipe', 'train', 'analysis', 'photos', 'outputs', 'predict', 'pipeline', 'study', 'cli']
+        'metrics', 'weights', 'retrieval', 'recipe', 'train', 'analysis', 'photos', 'outputs', 'predict', 'serve', 'watch', 'pipeline', 'study', 'cli']
 
 
 def rank(mod: str) -> int:
