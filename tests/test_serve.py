@@ -204,3 +204,14 @@ def test_watch_survives_sigkill_nothing_twice_nothing_lost(run, tmp_path):
     assert sorted(Path(i).name for i in images) == ['0.jpg', '1.jpg', '2.jpg', '3.jpg', '4.jpg', '5.jpg', 'slow.jpg']
     placed = pd.read_parquet(out / 'predictions.parquet')
     assert (placed.loc[placed.image.str.endswith('slow.jpg'), 'status'] != 'failed').all()   # not read half-written
+
+
+def test_pasted_urls_are_fetched_capped_and_redacted(client, tmp_path, serve_folder):
+    "URLs in the form are fetched by the server (a real local HTTP server): placed, refused per photo, keys redacted."
+    (tmp_path / 'street.jpg').write_bytes(_jpeg(11))
+    (tmp_path / 'limit.jpg').write_bytes(b'<html>429 Too Many Requests</html>')
+    base = serve_folder(tmp_path)
+    urls = f'{base}/street.jpg?access_token=MLY|1|SECRET\n{base}/gone.jpg\n{base}/limit.jpg\n'
+    res = client.post('/api/predict', files=_files(('a.jpg', _jpeg(1))), data={'urls': urls}).json()['results']
+    assert [r['error'] for r in res] == [None, None, 'HTTP 404', 'not an image (an HTML or XML page)']
+    assert res[1]['district'] and 'SECRET' not in str(res) and res[1]['name'].endswith('access_token=***')
