@@ -335,15 +335,16 @@ def plot_curves(runs:list, # run folders (with metrics.csv)
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_analysis.ipynb #a1b2c3d4retr
+# %% ../nbs/05_analysis.ipynb #332bffe1
 def retrieval_metrics(run, # a run folder (its predictions.parquet holds est_lat, est_lon, radius_m; model/ its temperature)
                       pred:Predictions, # `read_predictions(run)`
                       ds:pd.DataFrame, # the dataset (id, lat, lon)
                       areas, # the class areas
-                     ) -> dict: # retrieval_gc_median_km, retrieval_gc_acc_<t>km, radius_coverage, temperature, ece_calibrated
+                     ) -> dict: # retrieval_gc_median_km, retrieval_gc_acc_<t>km, radius_coverage, retrieval_alpha, temperature, ece_calibrated
     """What the better geolocator adds, on the same validation photos: the retrieval estimate's great-circle error (beside
-    the district centroid's `gc_*`), how often the true place lies inside the stated radius, and the ECE after the
-    run's temperature scaling."""
+    the district centroid's `gc_*`; cross-fitted, see `RetrievalIndex.fit`), how often the true place lies inside the
+    stated radius, how far the estimate trusts the neighbours over the centre (`retrieval_alpha`, 0 to 1), and the ECE
+    after the run's temperature scaling."""
     run, out = Path(run), {}
     p = run/'predictions.parquet' if run.is_dir() else run
     cols = pd.read_parquet(p).columns if p.suffix == '.parquet' and p.exists() else []
@@ -356,12 +357,15 @@ def retrieval_metrics(run, # a run folder (its predictions.parquet holds est_lat
         out['radius_coverage'] = float((e.gc_km.to_numpy() * 1000 <= radius).mean())
     cfg = run/'model'/'config.json'
     if cfg.exists():
-        t = json.loads(cfg.read_text()).get('geoloc', {}).get('calibration', {}).get('temperature')
+        g = json.loads(cfg.read_text()).get('geoloc', {})
+        t, a = g.get('calibration', {}).get('temperature'), g.get('retrieval', {}).get('alpha')
         if t: out.update(temperature=float(t), ece_calibrated=expected_calibration_error(pred.logits / t, pred.targets))
+        if a is not None: out['retrieval_alpha'] = float(a)
     return out
 
 
-# %% ../nbs/05_analysis.ipynb #c6903673
+
+# %% ../nbs/05_analysis.ipynb #943dbb09
 def _read_table(src) -> pd.DataFrame:
     "A dataset table: a dataset folder, a .parquet or a .csv file (`id`, `lat`, `lon`, ...)."
     p = Path(src)
@@ -477,7 +481,7 @@ def analyze_cli(runs:Annotated[str, {'nargs': '+'}]=None, # run folders (or pred
     written = analyze(runs, out, dataset=dataset, areas=areas, images=images, bins=bins, n=n)
     m = pd.read_csv(Path(out)/'metrics.csv', index_col='run')
     cols = [c for c in ('images', 'top1', 'top5', 'majority', 'balanced_accuracy', 'ece', 'ece_calibrated', 'gc_median_km',
-                        'retrieval_gc_median_km', 'gc_acc_1km', 'retrieval_gc_acc_1km', 'radius_coverage', 'median_km',
-                        'within_1km') if c in m.columns]
+                        'retrieval_gc_median_km', 'gc_acc_1km', 'retrieval_gc_acc_1km', 'radius_coverage', 'retrieval_alpha',
+                        'median_km', 'within_1km') if c in m.columns]
     print(m[cols].to_string(float_format=lambda v: f'{v:.3f}'))
     print(f'\n{len(written)} files -> {out}/ (table1.md, metrics.md, curves.png, <run>/confusion.png, ...)')

@@ -317,7 +317,7 @@ def _in_district(self:Geolocator, lat:np.ndarray, lon:np.ndarray) -> np.ndarray:
         out[hit] = name
     return out
 
-# %% ../nbs/06_predict.ipynb #95d67fd9
+# %% ../nbs/06_predict.ipynb #0e72e78b
 @patch
 def _frame(self:Geolocator, srcs, probs, feats, errors, thumbs, gps, k, min_confidence, retrieval) -> pd.DataFrame:
     ok = ~np.isnan(probs).any(1)
@@ -332,7 +332,8 @@ def _frame(self:Geolocator, srcs, probs, feats, errors, thumbs, gps, k, min_conf
     top = self.centroids.iloc[order[:, 0]]
     lat, lon, radius = top.lat.to_numpy(float).copy(), top.lon.to_numpy(float).copy(), self.district_radius_m[order[:, 0]].astype(float)
     if feats is not None and sure.any():
-        e = self.index.estimate(feats[sure], order[sure, 0] if retrieval == 'district' else None)
+        e = self.index.estimate(feats[sure], order[sure, 0] if retrieval == 'district' else None,
+                                np.stack([lat[sure], lon[sure]], 1))   # pulled toward the top district's centre
         lat[sure], lon[sure], radius[sure] = e['lat'], e['lon'], e['radius_m']
     cols['estimate_lat'], cols['estimate_lon'] = np.where(sure, lat, nan), np.where(sure, lon, nan)
     cols['radius_m'] = np.where(sure, np.round(radius, 1), nan)

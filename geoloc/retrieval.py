@@ -1,4 +1,4 @@
-"""An index of the training photos' embeddings (the model's penultimate features, fp16) with their coordinates; a new photo's estimate is the similarity-weighted place of its nearest training photos inside the predicted district, with a radius fitted so that it holds the true place for a stated share of validation photos.
+"""An index of the training photos' embeddings (the model's penultimate features, fp16) with their coordinates; a new photo's estimate is the similarity-weighted place of its nearest training photos inside the predicted district, pulled toward the district's centre as far as validation says the neighbours can be trusted, with a radius fitted so that it holds the true place for a stated share of validation photos.
 
 In the flow: After `geoloc.metrics`, before `geoloc.train` (which builds the index of each run) and
 `geoloc.predict` (which queries it).
@@ -47,7 +47,7 @@ def embeddings(model:nn.Module, # a timm classifier
         if len(b) > 1: ys.append(b[1].cpu())
     return torch.cat(fs), torch.cat(ls), (torch.cat(ys) if ys else None)
 
-# %% ../nbs/05b_retrieval.ipynb #698608b4
+# %% ../nbs/05b_retrieval.ipynb #a28869f0
 class RetrievalIndex:
     "Training photos' L2-normalised embeddings (fp16) with their coordinates and classes; `estimate` places queries."
     def __init__(self, emb, # (n, d) embeddings (normalised here)
@@ -56,8 +56,9 @@ class RetrievalIndex:
                  *,
                  k:int=16, # neighbours per estimate
                  tau:float=0.05, # softmax temperature of the similarity weights
-                 radius_scale:float=None, # spread -> radius factor (set by `fit_radius`; None: unfitted, 1)
+                 radius_scale:float=None, # spread -> radius factor (set by `fit`; None: unfitted, 1)
                  coverage:float=None, # the share of validation photos inside their radius that `radius_scale` was fitted to
+                 alpha:float=None, # pull toward the district centre, in [0, 1] (set by `fit`; None: unfitted, no pull)
                 ):
         e = torch.as_tensor(emb).float()
         self.emb = (e / e.norm(dim=1, keepdim=True).clamp_min(1e-6)).half()
@@ -66,7 +67,7 @@ class RetrievalIndex:
         if not (len(self.emb) == len(self.lat) == len(self.lon) == len(self.labels)) or not len(self.emb):
             raise ValueError(f"RetrievalIndex: {len(self.emb)} embeddings, {len(self.lat)} lat, {len(self.lon)} lon, "
                              f"{len(self.labels)} labels. Fix: one row per training photo, at least one.")
-        self.k, self.tau, self.radius_scale, self.coverage = int(k), float(tau), radius_scale, coverage
+        self.k, self.tau, self.radius_scale, self.coverage, self.alpha = int(k), float(tau), radius_scale, coverage, alpha
         self.lat0, self.lon0 = float(self.lat.mean()), float(self.lon.mean())
         self.xy = self._xy(self.lat, self.lon)
         self.rows = {int(c): np.flatnonzero(self.labels == c) for c in np.unique(self.labels)}
@@ -80,63 +81,118 @@ class RetrievalIndex:
 
     def __len__(self): return len(self.emb)
     def __repr__(self):
-        return (f'RetrievalIndex({len(self):,} photos, {self.emb.shape[1]} dims, {len(self.rows)} classes, k={self.k}, '
-                f'radius x{self.radius_scale or 1:.2f}' + (f' for {self.coverage:.0%})' if self.coverage else ', unfitted)'))
+        return (f'RetrievalIndex({len(self):,} photos, {self.emb.shape[1]} dims, {len(self.rows)} classes, k={self.k}, ' +
+                (f'alpha {self.alpha:.2f}, ' if self.alpha is not None else '') + f'radius x{self.radius_scale or 1:.2f}' +
+                (f' for {self.coverage:.0%})' if self.coverage else ', unfitted)'))
 
 # %% ../nbs/05b_retrieval.ipynb #99c23fe8
 def _topk(sims:torch.Tensor, k:int) -> tuple: return sims.topk(min(k, sims.shape[1]), dim=1)
 
-# %% ../nbs/05b_retrieval.ipynb #65281207
+# %% ../nbs/05b_retrieval.ipynb #2fc0c318
 @patch
-def _place(self:RetrievalIndex, q:torch.Tensor, rows:np.ndarray) -> tuple: # (xy (n, 2), spread (n,)) of queries `q` among `rows`
+def _near(self:RetrievalIndex, q:torch.Tensor, rows:np.ndarray) -> tuple: # (places (n, m, 2) metres, weights (n, m)), m = min(k, rows)
     s, i = _topk(q @ self.emb[rows].float().T, self.k)
-    w = torch.softmax(s / self.tau, dim=1).numpy().astype(np.float64)
-    pts = self.xy[rows[i.numpy()]]                       # (n, k, 2)
-    est = (w[..., None] * pts).sum(1)
-    spread = np.sqrt((w * ((pts - est[:, None]) ** 2).sum(-1)).sum(1))
-    return est, spread
+    return self.xy[rows[i.numpy()]], torch.softmax(s / self.tau, dim=1).numpy().astype(np.float64)
 
-# %% ../nbs/05b_retrieval.ipynb #af34e70d
+# %% ../nbs/05b_retrieval.ipynb #ad6858b7
 @patch
-def estimate(self:RetrievalIndex, emb, # (n, d) query embeddings
-             districts=None, # (n,) predicted class per query: search inside it (None: over every training photo)
-             *,
-             chunk:int=256, # queries per matrix product
-            ) -> dict: # lat, lon (n,) degrees; radius_m (n,); spread_m (n,) the raw neighbour spread
-    "Each query's similarity-weighted place among its nearest training photos (inside its district), with a radius."
+def neighbours(self:RetrievalIndex, emb, # (n, d) query embeddings
+               districts=None, # (n,) predicted class per query: search inside it (None: over every training photo)
+               *,
+               chunk:int=256, # queries per matrix product
+              ) -> dict: # pts (n, k, 2) the neighbours' places, metres on the index's plane; w (n, k) their weights (rows sum to 1)
+    "Each query's `k` nearest training photos by cosine similarity (inside its district when it has any) and their weights."
     q = torch.as_tensor(emb).float()
     q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-6)
     n, everyone = len(q), np.arange(len(self))
-    xy, spread = np.zeros((n, 2)), np.zeros(n)
-    groups = {None: np.arange(n)} if districts is None else {}
-    if districts is not None:
-        d = np.asarray(districts, np.int64)
-        for c in np.unique(d): groups[int(c) if int(c) in self.rows else None] = np.concatenate(
-            [groups.get(int(c) if int(c) in self.rows else None, np.zeros(0, np.int64)), np.flatnonzero(d == c)])
-    for c, idx in groups.items():
-        rows = everyone if c is None else self.rows[c]
+    key = np.full(n, -1) if districts is None else np.asarray(districts, np.int64)
+    key = np.where(np.isin(key, list(self.rows)), key, -1)   # a district without training photos: the whole index
+    pts, w = np.zeros((n, self.k, 2)), np.zeros((n, self.k))
+    for c in np.unique(key):
+        rows, idx = (everyone if c < 0 else self.rows[int(c)]), np.flatnonzero(key == c)
         for s in range(0, len(idx), chunk):
             j = idx[s:s + chunk]
-            xy[j], spread[j] = self._place(q[j], rows)
-    lat, lon = self._latlon(xy)
-    spread = np.maximum(spread, 10.0)   # no neighbourhood is tighter than GPS itself
-    return {'lat': lat, 'lon': lon, 'radius_m': spread * (self.radius_scale or 1.0), 'spread_m': spread}
+            p, ww = self._near(q[j], rows)
+            pts[j, :ww.shape[1]], w[j, :ww.shape[1]] = p, ww
+    return {'pts': pts, 'w': w}
 
-# %% ../nbs/05b_retrieval.ipynb #032f8c92
+# %% ../nbs/05b_retrieval.ipynb #5bf76c41
 @patch
-def fit_radius(self:RetrievalIndex, est:dict, # `estimate`'s output for validation photos
-               lat, lon, # (n,) their true WGS84 degrees
-               coverage:float=0.8, # the share of photos that should lie inside their circle
-              ) -> float: # the scale, also set on the index
-    "Scale the neighbour spread into a radius holding the true place for `coverage` of validation photos."
-    if not 0 < coverage < 1: raise ValueError(f"coverage must be in (0, 1), not {coverage}.")
-    err_m = np.hypot(*(self._xy(lat, lon) - self._xy(est['lat'], est['lon'])).T)
-    self.radius_scale = float(np.quantile(err_m / est['spread_m'], coverage)) if len(err_m) else 1.0
-    self.coverage = coverage
-    est['radius_m'] = est['spread_m'] * self.radius_scale
-    return self.radius_scale
+def place(self:RetrievalIndex, nb:dict, # `neighbours` output
+          centres=None, # (n, 2) lat, lon of each query's predicted district centre (None: the neighbours' place as is)
+          *,
+          alpha:float=None, # pull toward the centre (None: the fitted `self.alpha`; unfitted: 1, no pull)
+          scale:float=None, # spread -> radius (None: the fitted `self.radius_scale`; unfitted: 1)
+         ) -> dict: # lat, lon (n,) degrees; radius_m (n,); spread_m (n,) the neighbours' spread about the estimate
+    "Estimates from the neighbours: their similarity-weighted place, pulled toward the district centre, with a radius."
+    pts, w = nb['pts'], nb['w']
+    xy = (w[..., None] * pts).sum(1)
+    a = self.alpha if alpha is None else alpha
+    if centres is not None and a is not None:
+        c = np.asarray(centres, np.float64).reshape(-1, 2)
+        c = self._xy(c[:, 0], c[:, 1])
+        xy = c + a * (xy - c)
+    spread = np.maximum(np.sqrt((w * ((pts - xy[:, None]) ** 2).sum(-1)).sum(1)), 10.0)  # never tighter than GPS
+    lat, lon = self._latlon(xy)
+    s = self.radius_scale if scale is None else scale
+    return {'lat': lat, 'lon': lon, 'radius_m': spread * (s or 1.0), 'spread_m': spread}
 
-# %% ../nbs/05b_retrieval.ipynb #044ce9b3
+# %% ../nbs/05b_retrieval.ipynb #d5ff6ecc
+@patch
+def estimate(self:RetrievalIndex, emb, # (n, d) query embeddings
+             districts=None, # (n,) predicted class per query: search inside it (None: over every training photo)
+             centres=None, # (n, 2) lat, lon of the predicted districts' centres, to pull toward by the fitted alpha
+             *,
+             chunk:int=256, # queries per matrix product
+            ) -> dict: # lat, lon (n,) degrees; radius_m (n,); spread_m (n,)
+    "Each query's place from its nearest training photos (inside its district), pulled toward the centre, with a radius."
+    return self.place(self.neighbours(emb, districts, chunk=chunk), centres)
+
+# %% ../nbs/05b_retrieval.ipynb #2417a31e
+@patch
+def _fit_one(self:RetrievalIndex, nb, centres, lat, lon, coverage, grid) -> tuple: # (alpha or None, scale)
+    truth = self._xy(lat, lon)
+    alpha = None
+    if centres is not None:
+        c = np.asarray(centres, np.float64).reshape(-1, 2)
+        c, r = self._xy(c[:, 0], c[:, 1]), (nb['w'][..., None] * nb['pts']).sum(1)
+        mean = [np.hypot(*(c + a * (r - c) - truth).T).mean() for a in grid]
+        alpha = float(grid[int(np.argmin(mean))])          # ties: the smaller pull, the centre
+    e = self.place(nb, centres, alpha=alpha if alpha is not None else 1.0, scale=1.0)
+    err = np.hypot(*(self._xy(e['lat'], e['lon']) - truth).T)
+    return alpha, float(np.quantile(err / e['spread_m'], coverage))
+
+# %% ../nbs/05b_retrieval.ipynb #99a3a645
+@patch
+def fit(self:RetrievalIndex, nb:dict, # `neighbours` of the validation photos (inside their predicted districts)
+        centres, # (n, 2) lat, lon of their predicted districts' centres (None: fit the radius only)
+        lat, lon, # (n,) their true WGS84 degrees
+        *,
+        coverage:float=0.8, # the share of photos that should lie inside their circle
+        folds:int=2, # cross-fitting folds for the returned estimates
+        seed:int=0,
+       ) -> dict: # the validation photos' estimates (`place` keys), each fitted without its own fold
+    "Fit the pull toward the centre and the radius scale on validation photos; return their cross-fitted estimates."
+    if not 0 < coverage < 1: raise ValueError(f"coverage must be in (0, 1), not {coverage}.")
+    lat, lon, n = np.asarray(lat, np.float64), np.asarray(lon, np.float64), len(nb['w'])
+    if not n or len(lat) != n or len(lon) != n or (centres is not None and len(centres) != n):
+        raise ValueError(f"fit: {n} photos' neighbours, {len(lat)} lat, {len(lon)} lon"
+                         f"{'' if centres is None else f', {len(centres)} centres'}. Fix: one row per validation photo.")
+    grid = np.linspace(0, 1, 21)
+    c = None if centres is None else np.asarray(centres, np.float64).reshape(-1, 2)
+    sub = lambda m: ({'pts': nb['pts'][m], 'w': nb['w'][m]}, None if c is None else c[m], lat[m], lon[m])
+    fold = np.random.default_rng(seed).permutation(n) % max(1, min(folds, n // 10))  # >= 10 photos a fold
+    out = {key: np.zeros(n) for key in ('lat', 'lon', 'radius_m', 'spread_m')}
+    for f in np.unique(fold):
+        held, rest = fold == f, (fold != f) if (fold != f).any() else (fold == f)   # one fold: fitted in-sample
+        a, s = self._fit_one(*sub(rest), coverage, grid)
+        e = self.place(sub(held)[0], sub(held)[1], alpha=1.0 if a is None else a, scale=s)
+        for key in out: out[key][held] = e[key]
+    self.alpha, self.radius_scale = self._fit_one(nb, c, lat, lon, coverage, grid)
+    self.coverage = coverage
+    return out
+
+# %% ../nbs/05b_retrieval.ipynb #b96f1520
 @patch
 def save(self:RetrievalIndex, path) -> Path:
     "Write the index as one safetensors file (tensors only; settings in its metadata)."
@@ -144,11 +200,11 @@ def save(self:RetrievalIndex, path) -> Path:
     t = {'emb': self.emb.contiguous(), 'lat': torch.from_numpy(self.lat), 'lon': torch.from_numpy(self.lon),
          'labels': torch.from_numpy(self.labels)}
     meta = {'k': str(self.k), 'tau': str(self.tau), 'radius_scale': str(self.radius_scale or ''),
-            'coverage': str(self.coverage or '')}
+            'coverage': str(self.coverage or ''), 'alpha': '' if self.alpha is None else str(self.alpha)}
     with atomic_path(path) as tmp: safetensors.torch.save_file(t, str(tmp), metadata=meta)
     return path
 
-# %% ../nbs/05b_retrieval.ipynb #0a562621
+# %% ../nbs/05b_retrieval.ipynb #18b8a3b8
 def load_index(path, # a file written by `RetrievalIndex.save`
               ) -> RetrievalIndex:
     "A saved retrieval index."
@@ -161,5 +217,5 @@ def load_index(path, # a file written by `RetrievalIndex.save`
     idx = RetrievalIndex.__new__(RetrievalIndex)
     idx.__init__(t['emb'], t['lat'].numpy(), t['lon'].numpy(), t['labels'].numpy(), k=int(meta.get('k', 16)),
                  tau=float(meta.get('tau', 0.05)), radius_scale=num(meta.get('radius_scale')),
-                 coverage=num(meta.get('coverage')))
+                 coverage=num(meta.get('coverage')), alpha=num(meta.get('alpha')))
     return idx
