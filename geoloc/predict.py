@@ -39,7 +39,7 @@ from .train import load_run  # also registers focalnet_pico_srf with timm
 from .weights import WeightsError, read_model
 
 # %% auto #0
-__all__ = ['district_centroids', 'Geolocator', 'place_photos', 'predict_cli']
+__all__ = ['district_centroids', 'Geolocator', 'tta_views', 'tta_mode', 'place_photos', 'predict_cli']
 
 # %% ../nbs/06_predict.ipynb #16c22888
 def district_centroids(areas, # the districts (`load_areas` output or anything it accepts)
@@ -204,7 +204,7 @@ def _batches(self:Geolocator, srcs:list, bs:int, workers:int, timeout:float, thu
         if batch: yield flush(batch)
     finally: http.close()
 
-# %% ../nbs/06_predict.ipynb #f78d1a1b
+# %% ../nbs/06_predict.ipynb #2b8cd606
 @patch
 def predict(self:Geolocator, images, # image paths, folders and http(s) URLs (or one of them); see `image_sources`
             *,
@@ -215,11 +215,12 @@ def predict(self:Geolocator, images, # image paths, folders and http(s) URLs (or
             thumbnails:int=0, # add a `thumbnail` column: a JPEG data URI with this longest side, px (for the map)
             progress:bool=False, # a progress bar over the batches
             min_confidence:float=0.0, # below this calibrated top probability a photo is 'unsure' and not placed
-            tta:bool=False, # test-time augmentation: average the photo and its mirror image (a second forward pass)
+            tta:str='off', # test-time augmentation (`tta_views`): 'flip' (2 passes) or 'crops' (6 passes), probabilities averaged
             retrieval:str='district', # estimate among the training photos of the top district, of 'all', or 'off'
            ) -> pd.DataFrame: # one row per photo; see above
     "The `top_k` most likely districts of each photo with calibrated probabilities, an estimate with its radius, EXIF GPS."
     if retrieval not in ('district', 'all', 'off'): raise ValueError(f"retrieval must be 'district', 'all' or 'off', not {retrieval!r}.")
+    tta = tta_mode(tta)
     srcs = image_sources(images)
     n, k = len(srcs), max(1, min(int(top_k), len(self.classes)))
     bs = bs or (256 if self.cuda else 32)
@@ -231,9 +232,9 @@ def predict(self:Geolocator, images, # image paths, folders and http(s) URLs (or
     probs, feats = self._run(batches, n, tta, keep_features=self.index is not None and retrieval != 'off')
     return self._frame(srcs, probs, feats, errors, thumbs if thumbnails else None, gps, k, min_confidence, retrieval)
 
-# %% ../nbs/06_predict.ipynb #897eef9f
+# %% ../nbs/06_predict.ipynb #34134757
 @patch
-def _run(self:Geolocator, batches, n:int, tta:bool=False, keep_features:bool=True) -> tuple: # (probs (n, c), features (n, d) or None)
+def _run(self:Geolocator, batches, n:int, tta:str='off', keep_features:bool=True) -> tuple: # (probs (n, c), features (n, d) or None)
     "Every (model input, row indices) batch through `_forward`, into one probability (and feature) array; NaN rows: not placed."
     probs, feats = np.full((n, len(self.classes)), np.nan, dtype=np.float32), None
     for x, idx in batches:
@@ -245,19 +246,41 @@ def _run(self:Geolocator, batches, n:int, tta:bool=False, keep_features:bool=Tru
             feats[list(idx)] = f
     return probs, feats
 
-# %% ../nbs/06_predict.ipynb #9a6ea4b5
+# %% ../nbs/06_predict.ipynb #de514aac
+def tta_views(x:torch.Tensor, # (n, 3, h, w) model input
+              mode:str='off', # 'off': the photo; 'flip': and its mirror; 'crops': those and four corner crops (7/8 of each side, zoomed back)
+             ) -> list: # the views, each (n, 3, h, w)
+    "The test-time augmentation views of one batch."
+    views = [x] if mode == 'off' else [x, x.flip(-1)]
+    if mode == 'crops':
+        h, w = x.shape[-2:]
+        ch, cw = round(h * 7 / 8), round(w * 7 / 8)
+        for t, l in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)):
+            views.append(F.interpolate(x[..., t:t + ch, l:l + cw], size=(h, w), mode='bilinear', align_corners=False))
+    return views
+
+# %% ../nbs/06_predict.ipynb #a71ad901
+def tta_mode(tta) -> str: # 'off', 'flip' or 'crops'
+    "A `tta` option as one of the modes: False/None/'off', True/'flip', 'crops'."
+    m = {False: 'off', None: 'off', True: 'flip'}.get(tta, tta) if isinstance(tta, (bool, type(None))) else str(tta).lower()
+    if m not in ('off', 'flip', 'crops'):
+        raise ValueError(f"tta must be 'off', 'flip' or 'crops', not {tta!r}. Fix: --tta flip (the photo and its mirror, "
+                         "2 passes) or --tta crops (and four corner crops, 6 passes).")
+    return m
+
+# %% ../nbs/06_predict.ipynb #25f04fee
 @patch
-def _forward(self:Geolocator, x:torch.Tensor, tta:bool=False) -> tuple: # (calibrated probabilities, features), NumPy
-    "One batch through the model under the Geolocator's autocast: temperature-scaled softmax and embeddings."
+def _forward(self:Geolocator, x:torch.Tensor, tta:str='off') -> tuple: # (calibrated probabilities, features), NumPy
+    "One batch through the model under the Geolocator's autocast (every `tta_views` view): temperature-scaled softmax and embeddings, averaged."
     amp = dict(device_type='cuda', dtype=torch.bfloat16 if self.precision == 'bf16' else torch.float16,
                enabled=self.cuda and self.precision in ('bf16', 'fp16'))
+    p = f = 0
     with torch.inference_mode():
-        with torch.autocast(**amp):
-            f, logits = features_logits(self.model, x)
-            if tta: f2, l2 = features_logits(self.model, x.flip(-1))
-        p = torch.softmax(logits.float() / self.temperature, -1)
-        if tta: p, f = (p + torch.softmax(l2.float() / self.temperature, -1)) / 2, (f.float() + f2.float()) / 2
-        return p.cpu().numpy(), f.float().cpu().numpy()
+        views = tta_views(x, tta_mode(tta))
+        for v in views:
+            with torch.autocast(**amp): fv, lv = features_logits(self.model, v)
+            p, f = p + torch.softmax(lv.float() / self.temperature, -1), f + fv.float()
+        return (p / len(views)).cpu().numpy(), (f / len(views)).cpu().numpy()
 
 # %% ../nbs/06_predict.ipynb #3dd201de
 @patch
@@ -377,14 +400,14 @@ def place_photos(run, # a run folder (geoloc train --out) or its model/ folder; 
                       formats=formats, append=append, coverage=geo.index.coverage if geo.index else None)
     return pred
 
-# %% ../nbs/06_predict.ipynb #a20ed34e
+# %% ../nbs/06_predict.ipynb #73b3daa8
 def predict_cli(run:str, # a run folder (geoloc train --out) or its model/ folder
                 images:Annotated[str, {'nargs': '+'}]=None, # image files, folders and http(s) URLs
                 top_k:int=3, # districts per photo
                 out:str='data/predictions', # folder for the answers (refused if it holds some, unless --append)
                 append:bool=False, # add these photos to the predictions already in --out
                 min_confidence:float=0.0, # below this calibrated probability a photo is 'unsure' and not placed
-                tta:bool=False, # average each photo with its mirror image (a second forward pass)
+                tta:str='off', # test-time augmentation: 'flip' (the photo and its mirror) or 'crops' (and four corner crops)
                 formats:str='csv,geojson,kml,gpkg,map', # files to write besides predictions.parquet
                 bs:int=None, # photos per batch (default 256 on a GPU, 32 on the CPU)
                 workers:int=None, # reading threads
