@@ -84,16 +84,15 @@ def is_tag(src) -> bool:
     s = str(src)
     return not Path(s).expanduser().exists() and bool(re.fullmatch(r'(hf[-_]hub:[\w.-]+/[\w.-]+|[a-z]\w*\.\w+)', s))
 
-# %% ../nbs/04b_weights.ipynb #e54298cf
+# %% ../nbs/04b_weights.ipynb #19d6f41d
 def pretrained_state(tag:str, # e.g. 'focalnet_tiny_srf.ms_in1k'
                     ) -> dict: # {parameter name: tensor}
     "The weights of a timm pretrained tag, fetched by timm's hub loading where the network allows."
     import timm
+    if not tag.startswith(('hf-hub:', 'hf_hub:')) and tag not in timm.list_pretrained():   # timm's registry, offline
+        raise WeightsError(f"{tag!r} is not a timm pretrained tag. Fix: one of timm.list_pretrained('focalnet*'), "
+                           "e.g. focalnet_tiny_srf.ms_in1k, or a weights file (--weights PATH).")
     try: return timm.create_model(tag, pretrained=True).state_dict()
-    except RuntimeError as e:
-        if 'Unknown model' in str(e) or 'Invalid pretrained tag' in str(e):
-            raise WeightsError(f"{tag!r} is not a timm pretrained tag ({e}). Fix: see timm.list_pretrained('focalnet*').") from None
-        raise
     except Exception as e:
         repo = tag[len('hf-hub:'):] if tag.startswith(('hf-hub:', 'hf_hub:')) else f'timm/{tag}'
         raise WeightsError(f"Could not fetch {tag!r} ({type(e).__name__}: no network?). Fix: on a machine with "
