@@ -19,14 +19,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from geoloc.labeling import read_dataset  # noqa: E402
-from geoloc.metrics import haversine_km  # noqa: E402
+from geoloc.metrics import expected_calibration_error, haversine_km  # noqa: E402
 from geoloc.predict import Geolocator  # noqa: E402
 
 
-def ece(conf: np.ndarray, right: np.ndarray, bins: int = 15) -> float:
-    "Expected calibration error of top-1 confidences (equal-width bins), 0..1."
-    b = np.minimum((conf * bins).astype(int), bins - 1)
-    return float(sum(abs(right[b == i].mean() - conf[b == i].mean()) * (b == i).mean() for i in range(bins) if (b == i).any()))
+def prob_matrix(p, classes: list) -> np.ndarray:
+    "(n, classes) calibrated probabilities from a `predict` table with every class ranked (top_k = all)."
+    out = np.zeros((len(p), len(classes)))
+    col = {c: i for i, c in enumerate(classes)}
+    for r in range(1, len(classes) + 1):
+        out[np.arange(len(p)), p[f'district_{r}'].map(col).to_numpy()] = p[f'prob_{r}'].to_numpy(float)
+    return out
 
 
 def main():
@@ -49,13 +52,16 @@ def main():
     res = {}
     for mode in ('off', 'flip', 'crops'):
         t = time.perf_counter()
-        p = geo.predict(files, top_k=5, bs=a.bs, tta=mode)
+        p = geo.predict(files, top_k=len(geo.classes), bs=a.bs, tta=mode)
         sec = time.perf_counter() - t
         truth = valid.district.to_numpy()
         top = np.stack([p[f'district_{i}'].to_numpy() for i in range(1, min(5, len(geo.classes)) + 1)], 1)
         right = top[:, 0] == truth
         gc = haversine_km(p.estimate_lat.to_numpy(float), p.estimate_lon.to_numpy(float), valid.lat.to_numpy(), valid.lon.to_numpy())
-        res[mode] = dict(top1=right.mean(), top5=(top == truth[:, None]).any(1).mean(), ece=ece(p.confidence.to_numpy(float), right),
+        ok = (p.status != 'failed').to_numpy()
+        ece = expected_calibration_error(prob_matrix(p[ok], geo.classes), np.array([geo.classes.index(d) for d in truth[ok]]),
+                                         from_logits=False)
+        res[mode] = dict(top1=right.mean(), top5=(top == truth[:, None]).any(1).mean(), ece=ece,
                          gc=np.nanmedian(gc), ms=1000 * sec / len(files), failed=int((p.status == 'failed').sum()))
     base = res['off']
     for mode, r in res.items():

@@ -116,7 +116,17 @@ def neighbours(self:RetrievalIndex, emb, # (n, d) query embeddings
             pts[j, :ww.shape[1]], w[j, :ww.shape[1]] = p, ww
     return {'pts': pts, 'w': w}
 
-# %% ../nbs/05b_retrieval.ipynb #5bf76c41
+# %% ../nbs/05b_retrieval.ipynb #9bef4dde
+@patch
+def _weighted(self:RetrievalIndex, nb:dict) -> np.ndarray: return (nb['w'][..., None] * nb['pts']).sum(1)  # (n, 2) metres
+
+# %% ../nbs/05b_retrieval.ipynb #f386158e
+@patch
+def _centres_xy(self:RetrievalIndex, centres) -> np.ndarray: # (n, 2) metres of (n, 2) lat, lon
+    c = np.asarray(centres, np.float64).reshape(-1, 2)
+    return self._xy(c[:, 0], c[:, 1])
+
+# %% ../nbs/05b_retrieval.ipynb #24e097df
 @patch
 def place(self:RetrievalIndex, nb:dict, # `neighbours` output
           centres=None, # (n, 2) lat, lon of each query's predicted district centre (None: the neighbours' place as is)
@@ -126,11 +136,10 @@ def place(self:RetrievalIndex, nb:dict, # `neighbours` output
          ) -> dict: # lat, lon (n,) degrees; radius_m (n,); spread_m (n,) the neighbours' spread about the estimate
     "Estimates from the neighbours: their similarity-weighted place, pulled toward the district centre, with a radius."
     pts, w = nb['pts'], nb['w']
-    xy = (w[..., None] * pts).sum(1)
+    xy = self._weighted(nb)
     a = self.alpha if alpha is None else alpha
     if centres is not None and a is not None:
-        c = np.asarray(centres, np.float64).reshape(-1, 2)
-        c = self._xy(c[:, 0], c[:, 1])
+        c = self._centres_xy(centres)
         xy = c + a * (xy - c)
     spread = np.maximum(np.sqrt((w * ((pts - xy[:, None]) ** 2).sum(-1)).sum(1)), 10.0)  # never tighter than GPS
     lat, lon = self._latlon(xy)
@@ -148,21 +157,20 @@ def estimate(self:RetrievalIndex, emb, # (n, d) query embeddings
     "Each query's place from its nearest training photos (inside its district), pulled toward the centre, with a radius."
     return self.place(self.neighbours(emb, districts, chunk=chunk), centres)
 
-# %% ../nbs/05b_retrieval.ipynb #2417a31e
+# %% ../nbs/05b_retrieval.ipynb #d440b100
 @patch
 def _fit_one(self:RetrievalIndex, nb, centres, lat, lon, coverage, grid) -> tuple: # (alpha or None, scale)
     truth = self._xy(lat, lon)
     alpha = None
     if centres is not None:
-        c = np.asarray(centres, np.float64).reshape(-1, 2)
-        c, r = self._xy(c[:, 0], c[:, 1]), (nb['w'][..., None] * nb['pts']).sum(1)
+        c, r = self._centres_xy(centres), self._weighted(nb)
         mean = [np.hypot(*(c + a * (r - c) - truth).T).mean() for a in grid]
         alpha = float(grid[int(np.argmin(mean))])          # ties: the smaller pull, the centre
-    e = self.place(nb, centres, alpha=alpha if alpha is not None else 1.0, scale=1.0)
+    e = self.place(nb, centres, alpha=alpha, scale=1.0)   # alpha None: no centres, so no pull
     err = np.hypot(*(self._xy(e['lat'], e['lon']) - truth).T)
     return alpha, float(np.quantile(err / e['spread_m'], coverage))
 
-# %% ../nbs/05b_retrieval.ipynb #99a3a645
+# %% ../nbs/05b_retrieval.ipynb #beb2293c
 @patch
 def fit(self:RetrievalIndex, nb:dict, # `neighbours` of the validation photos (inside their predicted districts)
         centres, # (n, 2) lat, lon of their predicted districts' centres (None: fit the radius only)
@@ -186,7 +194,7 @@ def fit(self:RetrievalIndex, nb:dict, # `neighbours` of the validation photos (i
     for f in np.unique(fold):
         held, rest = fold == f, (fold != f) if (fold != f).any() else (fold == f)   # one fold: fitted in-sample
         a, s = self._fit_one(*sub(rest), coverage, grid)
-        e = self.place(sub(held)[0], sub(held)[1], alpha=1.0 if a is None else a, scale=s)
+        e = self.place(*sub(held)[:2], alpha=a, scale=s)
         for key in out: out[key][held] = e[key]
     self.alpha, self.radius_scale = self._fit_one(nb, c, lat, lon, coverage, grid)
     self.coverage = coverage
@@ -204,7 +212,7 @@ def save(self:RetrievalIndex, path) -> Path:
     with atomic_path(path) as tmp: safetensors.torch.save_file(t, str(tmp), metadata=meta)
     return path
 
-# %% ../nbs/05b_retrieval.ipynb #18b8a3b8
+# %% ../nbs/05b_retrieval.ipynb #96f36e84
 def load_index(path, # a file written by `RetrievalIndex.save`
               ) -> RetrievalIndex:
     "A saved retrieval index."
@@ -214,8 +222,6 @@ def load_index(path, # a file written by `RetrievalIndex.save`
     with safetensors.safe_open(str(path), 'pt') as f:
         meta, t = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     num = lambda s: float(s) if s else None
-    idx = RetrievalIndex.__new__(RetrievalIndex)
-    idx.__init__(t['emb'], t['lat'].numpy(), t['lon'].numpy(), t['labels'].numpy(), k=int(meta.get('k', 16)),
-                 tau=float(meta.get('tau', 0.05)), radius_scale=num(meta.get('radius_scale')),
-                 coverage=num(meta.get('coverage')), alpha=num(meta.get('alpha')))
-    return idx
+    return RetrievalIndex(t['emb'], t['lat'].numpy(), t['lon'].numpy(), t['labels'].numpy(), k=int(meta.get('k', 16)),
+                          tau=float(meta.get('tau', 0.05)), radius_scale=num(meta.get('radius_scale')),
+                          coverage=num(meta.get('coverage')), alpha=num(meta.get('alpha')))
